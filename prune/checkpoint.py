@@ -1,0 +1,42 @@
+"""Save a pruned model as a Hugging Face folder, and load it back with identical weights."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from torch import nn
+
+import prune.modeling_pruned as modeling
+from prune.structure import base_model_type, model_shape
+
+
+def save_pruned(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
+    """Write config (with ``layer_shapes``), safetensors, tokenizer and the modeling file to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = base_model_type(model.config)
+    config_cls, model_cls = modeling.PRUNED_CLASSES[base]
+    data = model.config.to_dict()
+    for key in ("model_type", "architectures", "auto_map"):
+        data.pop(key, None)
+    config = config_cls.from_dict(data)
+    config.layer_shapes = [s.as_list() for s in model_shape(model).layers]
+    config.auto_map = {
+        "AutoConfig": f"modeling_pruned.{config_cls.__name__}",
+        "AutoModelForCausalLM": f"modeling_pruned.{model_cls.__name__}",
+    }
+    model.config = config
+    model.__class__ = model_cls  # same modules and weights; only the class that knows the layer shapes
+    model.save_pretrained(str(out))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    shutil.copyfile(modeling.__file__, out / "modeling_pruned.py")
+    return out
+
+
+def load_pruned(path: str | Path, **kwargs) -> nn.Module:
+    """Load a folder written by ``save_pruned`` (or any LLaMA-family folder) with its exact weights."""
+    from transformers import AutoModelForCausalLM
+
+    modeling.register_auto_classes()
+    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)

@@ -1,0 +1,138 @@
+"""Where calibration and evaluation text comes from.
+
+Every source returns raw documents for two splits: ``train`` (calibration text, always) and ``test``
+(evaluation text, always). They are instantiated by Hydra from ``conf/data/*.yaml``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Split = Literal["train", "test"]
+
+
+class DataError(ValueError):
+    """A data set that cannot be used; the message is one line saying what to do."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+@dataclass
+class HubSource:
+    """A data set read with ``datasets.load_dataset`` (hub id, local folder or a builder such as ``text``).
+
+    ``splits`` maps our two roles to the data set's split names (C4 has no public test split, so its
+    ``test`` role is its ``validation`` split). ``join`` is put between documents before the whole split is
+    tokenized as one text (the standard for WikiText / PTB perplexity); ``bos_per_document`` instead
+    tokenizes each document on its own, each opened by the tokenizer's BOS.
+    """
+
+    name: str
+    path: str
+    subset: str | None = None
+    data_files: dict | None = None
+    splits: dict = field(default_factory=lambda: {"train": "train", "test": "test"})
+    text_field: str = "text"
+    join: str = "\n\n"
+    bos_per_document: bool = False
+    max_documents: dict | None = None  # per role, e.g. {"train": 20000}; applied after a seeded shuffle
+    shuffle_documents: bool = False
+    revision: str | None = None
+    load_kwargs: dict = field(default_factory=dict)
+
+    def texts(self, split: Split, seed: int = 0) -> list[str]:
+        from datasets import load_dataset
+
+        name = f"{self.path}" + (f"/{self.subset}" if self.subset else "")
+        try:
+            ds = load_dataset(
+                self.path,
+                self.subset,
+                data_files=self.data_files,
+                split=self.splits[split],
+                revision=self.revision,
+                **dict(self.load_kwargs),
+            )
+        except Exception as exc:  # datasets raises many types; the user needs one line
+            offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+            hint = (
+                " (offline mode: cache it once online, or point data=text at local files)" if offline else ""
+            )
+            raise DataError(
+                f"cannot load data set '{name}' split '{self.splits[split]}'{hint}: {_first_line(exc)}"
+            ) from exc
+        if self.text_field not in ds.column_names:
+            raise DataError(
+                f"data set '{name}' has no column '{self.text_field}' (columns: {ds.column_names}); "
+                "set data.text_field"
+            )
+        if self.shuffle_documents:
+            ds = ds.shuffle(seed=seed)
+        limit = (self.max_documents or {}).get(split)
+        if limit is not None:
+            ds = ds.select(range(min(limit, len(ds))))
+        return list(ds[self.text_field])
+
+    def describe(self) -> str:
+        return self.path + (f"/{self.subset}" if self.subset else "")
+
+
+@dataclass
+class TextFilesSource(HubSource):
+    """Local text files: ``train_files`` for calibration, ``eval_files`` for evaluation (each file = a document)."""
+
+    name: str = "text"
+    path: str = "text"
+    train_files: list | str | None = None
+    eval_files: list | str | None = None
+
+    def __post_init__(self):
+        train, test = _as_list(self.train_files), _as_list(self.eval_files)
+        if not train or not test:
+            raise DataError("data=text needs data.train_files=<file(s)> and data.eval_files=<file(s)>")
+        for f in train + test:
+            if not Path(f).is_file():
+                raise DataError(f"text file not found: {f}")
+        same = {str(Path(f).resolve()) for f in train} & {str(Path(f).resolve()) for f in test}
+        if same:
+            raise DataError(
+                f"calibration and evaluation text must differ, but {sorted(same)[0]} is in both "
+                "data.train_files and data.eval_files"
+            )
+        self.data_files = {"train": train, "test": test}
+        self.load_kwargs = {"sample_by": "document", **dict(self.load_kwargs)}
+
+    def describe(self) -> str:
+        return "text files"
+
+
+def _as_list(files) -> list[str]:
+    if files is None:
+        return []
+    if isinstance(files, str):
+        return [files]
+    return [str(f) for f in files]
+
+
+@dataclass
+class TestbedSource:
+    """The embedded synthetic corpus (generated and cached on first use)."""
+
+    testbed: dict
+    cache_dir: str
+    name: str = "testbed"
+    join: str = ""
+    bos_per_document: bool = True
+
+    def texts(self, split: Split, seed: int = 0) -> list[str]:
+        from prune.testbed.build import TestbedSpec, load_split_texts
+
+        return load_split_texts(TestbedSpec.from_dict(self.testbed).corpus, self.cache_dir, split)
+
+    def describe(self) -> str:
+        return "testbed"

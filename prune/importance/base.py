@@ -1,0 +1,64 @@
+"""The importance-method interface and its registry.
+
+A method maps (model, calibration windows) to one score per prunable group (``GroupScores``): higher
+means more important. Methods are small dataclasses instantiated by Hydra from ``conf/importance/``;
+``REGISTRY`` maps config names to classes for code that builds them directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from prune.structure import GroupScores
+
+REGISTRY: dict[str, tuple[type["ImportanceMethod"], dict]] = {}
+
+
+def register(name: str, **defaults):
+    """Register a class under a config name, with the settings that name implies (e.g. ``order=2``)."""
+
+    def wrap(cls):
+        REGISTRY[name] = (cls, defaults)
+        return cls
+
+    return wrap
+
+
+def build(name: str, **kwargs) -> "ImportanceMethod":
+    if name not in REGISTRY:
+        raise ValueError(f"unknown importance method '{name}': choose one of {', '.join(sorted(REGISTRY))}")
+    cls, defaults = REGISTRY[name]
+    return cls(name=name, **{**defaults, **kwargs})
+
+
+@dataclass
+class Calibration:
+    """Calibration windows per role (``taylor``, ``layer``, ``block``), each (num_samples, length)."""
+
+    windows: dict[str, torch.Tensor]
+    batch_size: int
+    seed: int = 0
+    progress: bool = True
+    held_out: torch.Tensor | None = None  # evaluation windows, only for ground-truth methods
+
+    def get(self, role: str) -> torch.Tensor:
+        return self.windows[role]
+
+
+@dataclass
+class ImportanceResult:
+    scores: GroupScores
+    grad_stats: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class ImportanceMethod:
+    name: str = ""
+    uses: ClassVar[str | None] = "taylor"  # which calibration role it reads (None: no data)
+
+    def score(self, model: nn.Module, calibration: Calibration) -> ImportanceResult:
+        raise NotImplementedError

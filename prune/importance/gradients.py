@@ -1,0 +1,284 @@
+"""One backward pass over the calibration windows, reduced on the fly to what importance needs.
+
+Only the prunable projection weights (and the q/k/v, gate/up biases where a model has them) require
+grad, so no gradient is ever computed for embeddings, norms or the LM head. Per batch, each weight's
+gradient ``g_b`` (the gradient of that batch's mean next-token loss) is consumed by a post-accumulate
+hook and freed straight away:
+
+* ``G += g_b / n_batches`` in fp32 (the gradient of the mean calibration loss over *all* batches),
+* the per-group sums that the second-order term needs (``sum w^2 g_b^2``; additive over batches),
+* per-layer |g| statistics (sum |g|, sum g^2, count) for this batch.
+
+All squares and sums are taken in fp32/fp64 whatever the model dtype (fp16 squares of gradients
+underflow to zero). A batch that runs out of memory restarts the pass with micro-batches half as big;
+micro-batches accumulate into the same ``g_b``, so the scores do not change.
+
+Fisher modes (the diagonal-Hessian estimate ``F`` of the second-order Taylor term):
+
+* ``sample`` (default): ``F ~ E_s[g_s^2]`` over per-sequence gradients, estimated without bias from
+  batch gradients. With S sequences in batches of B, ``A = B * mean_b(g_b^2)`` and
+  ``F = ((S - 1) A - S (B - 1) G^2) / (S - B)`` (needs at least two batches; exact when B = 1).
+* ``exact``: ``E_s[g_s^2]`` from real per-sequence gradients (one backward per sequence; slower on GPU).
+* ``batch``: the seed toolkit's literal ``E_b[g_b^2]`` over batch gradients, about B times smaller than
+  the per-sequence Fisher and so batch-size dependent; kept to reproduce that toolkit.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prune.structure import ATTENTION, MLP, GroupScores, Projection, add_channel_values, model_shape, projections
+
+log = logging.getLogger(__name__)
+FISHER_MODES = ("sample", "exact", "batch")
+
+
+def sequence_nll(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token negative log-likelihood of each sequence (fp32), shape (batch,).
+
+    Windows are never padded, so every sequence has exactly ``seq_len - 1`` predicted tokens and the
+    mean over sequences equals the token-weighted mean.
+    """
+    logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return nll.view(targets.shape).mean(dim=1)
+
+
+@dataclass
+class LayerGradMoments:
+    """Sums that give mean and std of |g| over a set of weights."""
+
+    abs_sum: float = 0.0
+    sq_sum: float = 0.0
+    count: int = 0
+
+    def add(self, grad: torch.Tensor) -> None:
+        g = grad.detach().float()
+        self.abs_sum += g.abs().sum(dtype=torch.float64).item()
+        self.sq_sum += g.square().sum(dtype=torch.float64).item()
+        self.count += g.numel()
+
+    def merged(self, other: "LayerGradMoments") -> "LayerGradMoments":
+        return LayerGradMoments(self.abs_sum + other.abs_sum, self.sq_sum + other.sq_sum, self.count + other.count)
+
+    def summary(self) -> dict:
+        if not self.count:
+            return {"abs_mean": 0.0, "abs_std": 0.0}
+        mean = self.abs_sum / self.count
+        var = max(self.sq_sum / self.count - mean * mean, 0.0)
+        return {"abs_mean": mean, "abs_std": var**0.5}
+
+
+def summarize_moments(moments: dict[tuple[int, str], LayerGradMoments], n_layers: int) -> list[dict]:
+    rows = []
+    for i in range(n_layers):
+        a, m = moments.get((i, ATTENTION), LayerGradMoments()), moments.get((i, MLP), LayerGradMoments())
+        rows.append({"layer": i, ATTENTION: a.summary(), MLP: m.summary(), "all": a.merged(m).summary()})
+    return rows
+
+
+@dataclass
+class GradientPass:
+    """What one calibration pass produced."""
+
+    mean_grad: dict[int, torch.Tensor]  # id(parameter) -> G (fp32), for prunable weights and grouped biases
+    second_moment: GroupScores | None  # sum over each group of w^2 * F, per the fisher mode
+    grad_stats: dict
+    num_sequences: int
+    num_batches: int
+    micro_batch_size: int
+    oom_restarts: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class _Accumulator:
+    def __init__(self, model: nn.Module, fisher: str | None, batch_size: int, num_sequences: int):
+        self.shape = model_shape(model)
+        self.fisher = fisher
+        self.batch_size = batch_size
+        self.num_batches = num_sequences // batch_size
+        self.num_sequences = num_sequences
+        self.owner: dict[int, tuple[Projection, str]] = {}
+        for proj in projections(model):
+            self.owner[id(proj.module.weight)] = (proj, "weight")
+            if proj.grouped_bias:
+                self.owner[id(proj.module.bias)] = (proj, "bias")
+        self.mean_grad = {key: None for key in self.owner}
+        self.batch_sq = GroupScores.zeros(self.shape) if fisher in ("sample", "batch") else None
+        self.seq_sq = GroupScores.zeros(self.shape) if fisher == "exact" else None
+        self.batch_moments: list[dict] = []
+        self.current: dict[tuple[int, str], LayerGradMoments] = {}
+        self.last_unit = False
+        self.unit_size = batch_size
+
+    def params(self) -> list[nn.Parameter]:
+        return [proj.module.weight if kind == "weight" else proj.module.bias for proj, kind in self.owner.values()]
+
+    def _channel_values(self, param: torch.Tensor, grad: torch.Tensor, proj: Projection, kind: str) -> torch.Tensor:
+        wg = param.detach().float() * grad.float()
+        sq = wg.square()
+        return sq if kind == "bias" else sq.sum(dim=1 - proj.channel_dim)
+
+    def on_unit_grad(self, param: nn.Parameter, grad: torch.Tensor) -> None:
+        """Incoming gradient of one backward (a single sequence in 'exact' mode)."""
+        proj, kind = self.owner[id(param)]
+        # unit loss = sequence loss / batch_size, so the sequence gradient is batch_size * grad
+        per_seq = grad * self.batch_size
+        add_channel_values(self.seq_sq, self.shape, proj, self._channel_values(param, per_seq, proj, kind))
+
+    def on_batch_grad(self, param: nn.Parameter) -> None:
+        """``param.grad`` holds the whole batch's gradient g_b: reduce it and free it."""
+        if not self.last_unit:
+            return
+        proj, kind = self.owner[id(param)]
+        grad = param.grad
+        key = id(param)
+        contribution = grad.detach().float() / self.num_batches
+        if self.mean_grad[key] is None:
+            self.mean_grad[key] = contribution
+        else:
+            self.mean_grad[key].add_(contribution)
+        if self.batch_sq is not None:
+            add_channel_values(self.batch_sq, self.shape, proj, self._channel_values(param, grad, proj, kind))
+        self.current.setdefault((proj.layer, proj.block), LayerGradMoments()).add(grad)
+        param.grad = None
+
+    def end_batch(self) -> None:
+        self.batch_moments.append(self.current)
+        self.current = {}
+
+    def second_moment(self) -> GroupScores | None:
+        S, B, nb = self.num_sequences, self.batch_size, self.num_batches
+        if self.fisher == "exact":
+            return self.seq_sq.map(lambda t: t / S)
+        if self.fisher is None:
+            return None
+        mean_batch_sq = self.batch_sq.map(lambda t: t / nb)
+        if self.fisher == "batch":
+            return mean_batch_sq
+        # sample: unbiased per-sequence estimate from batch gradients
+        g_sq = GroupScores.zeros(self.shape)
+        for key, (proj, kind) in self.owner.items():
+            param = proj.module.weight if kind == "weight" else proj.module.bias
+            add_channel_values(g_sq, self.shape, proj, self._channel_values(param, self.mean_grad[key], proj, kind))
+        if B == 1:
+            return mean_batch_sq
+        combined = GroupScores(
+            [((S - 1) * B * a - S * (B - 1) * g) / (S - B) for a, g in zip(mean_batch_sq.attention, g_sq.attention)],
+            [((S - 1) * B * a - S * (B - 1) * g) / (S - B) for a, g in zip(mean_batch_sq.mlp, g_sq.mlp)],
+        )
+        return combined.map(lambda t: t.clamp_min(0))
+
+    def grad_stats(self) -> dict:
+        n_layers = len(self.shape.layers)
+        totals: dict[tuple[int, str], LayerGradMoments] = {}
+        for key, (proj, kind) in self.owner.items():
+            totals.setdefault((proj.layer, proj.block), LayerGradMoments()).add(self.mean_grad[key])
+        return {
+            "pass": summarize_moments(totals, n_layers),
+            "batches": [summarize_moments(m, n_layers) for m in self.batch_moments],
+        }
+
+
+@contextlib.contextmanager
+def _only_prunable_require_grad(model: nn.Module, params: list[nn.Parameter]):
+    flags = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+
+
+def gradient_pass(
+    model: nn.Module,
+    windows: torch.Tensor,
+    batch_size: int,
+    fisher: str | None = None,
+    micro_batch_size: int | None = None,
+    gradient_checkpointing: bool = False,
+    progress: bool = True,
+) -> GradientPass:
+    """Run the calibration windows through forward and backward once; see the module docstring."""
+    from tqdm.auto import tqdm
+
+    if fisher is not None and fisher not in FISHER_MODES:
+        raise ValueError(f"unknown fisher mode '{fisher}': choose one of {', '.join(FISHER_MODES)}")
+    n = len(windows)
+    if n % batch_size:
+        raise ValueError(f"num_samples={n} must be a multiple of batch_size={batch_size}")
+    if fisher == "sample" and n <= batch_size and batch_size > 1:
+        raise ValueError(
+            f"fisher=sample needs at least two batches (num_samples={n}, batch_size={batch_size}); "
+            "use more samples, a smaller batch_size or fisher=exact"
+        )
+    micro = 1 if fisher == "exact" else (micro_batch_size or batch_size)
+    device = next(model.parameters()).device
+    restarts = 0
+    was_training = model.training
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+    else:
+        model.eval()
+    try:
+        while True:
+            acc = _Accumulator(model, fisher, batch_size, n)
+            try:
+                with _only_prunable_require_grad(model, acc.params()), _hooks(acc):
+                    acc.unit_size = micro
+                    batches = windows.split(batch_size)
+                    for batch in tqdm(batches, desc=f"gradients (L={windows.shape[1]})", disable=not progress, leave=False):
+                        units = batch.split(micro)
+                        for k, unit in enumerate(units):
+                            acc.last_unit = k == len(units) - 1
+                            loss = sequence_nll(model, unit.to(device)).sum() / batch_size
+                            loss.backward()
+                        acc.end_batch()
+                break
+            except torch.OutOfMemoryError:
+                if micro == 1:
+                    raise
+                restarts += 1
+                micro = max(1, micro // 2)
+                log.warning("Out of memory in the importance pass: restarting with micro-batches of %d", micro)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+    finally:
+        if gradient_checkpointing:
+            model.gradient_checkpointing_disable()
+        model.train(was_training)
+    return GradientPass(
+        mean_grad=acc.mean_grad,
+        second_moment=acc.second_moment(),
+        grad_stats=acc.grad_stats(),
+        num_sequences=n,
+        num_batches=n // batch_size,
+        micro_batch_size=micro,
+        oom_restarts=restarts,
+    )
+
+
+@contextlib.contextmanager
+def _hooks(acc: _Accumulator):
+    handles = []
+    try:
+        for p in acc.params():
+            if acc.fisher == "exact":
+                handles.append(p.register_hook(lambda grad, p=p: acc.on_unit_grad(p, grad)))
+            handles.append(p.register_post_accumulate_grad_hook(acc.on_batch_grad))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,303 @@
+"""One job: calibrate -> score -> prune -> evaluate -> save -> log.
+
+``run_job`` is the whole pipeline for one resolved config; ``prune.run`` wraps it as the Hydra entry
+point. Every check that can fail cheaply runs before the model is loaded.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from prune.data import DataError, calibration_windows, tokenize_documents
+from prune.evaluate import effective_lengths, evaluate_lengths
+from prune.importance import Calibration, ImportanceResult
+from prune.models import max_positions, resolve_device
+from prune.profiling import PhaseRecorder
+from prune.pruning import PruningError, apply_plan
+from prune.structure import ATTENTION, MLP, UnsupportedModelError, model_shape
+
+log = logging.getLogger(__name__)
+USER_ERRORS = (DataError, UnsupportedModelError, PruningError, ValueError)
+ROLES = ("taylor", "layer", "block")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message says which and how to fix it."""
+
+
+def run_name(cfg: DictConfig) -> str:
+    """Short, sortable name from the swept settings, e.g. ``taylor_2nd-L512-bs4-s0``."""
+    name = f"{cfg.importance.name}-L{cfg.seq_len}-bs{cfg.batch_size}-s{cfg.seed}"
+    if cfg.num_samples != 32:
+        name += f"-n{cfg.num_samples}"
+    if cfg.pruning.get("ratio") is not None and cfg.pruning.ratio != 0.3:
+        name += f"-r{cfg.pruning.ratio}"
+    return name
+
+
+def validate(cfg: DictConfig, model_config, importance) -> dict[str, int]:
+    """Cheap checks of the settings against the model; returns the calibration length per role in use."""
+    limit = max_positions(model_config)
+    for key in ("seq_len", "batch_size", "num_samples"):
+        value = cfg[key]
+        if not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{key}={value} must be a positive integer")
+    if cfg.num_samples % cfg.batch_size:
+        raise ConfigError(f"num_samples={cfg.num_samples} must be a multiple of batch_size={cfg.batch_size}")
+    lengths = {}
+    for role in ROLES:
+        length = cfg.lengths[role]
+        if not isinstance(length, int) or length < 2:
+            raise ConfigError(f"lengths.{role}={length} must be an integer >= 2")
+        if limit and length > limit:
+            raise ConfigError(
+                f"lengths.{role}={length} (seq_len={cfg.seq_len}) exceeds the model's max_position_embeddings "
+                f"({limit}); choose seq_len <= {limit}"
+            )
+        lengths[role] = length
+    ratio = cfg.pruning.get("ratio")
+    if ratio is not None and not 0 < ratio < 1:
+        raise ConfigError(f"pruning.ratio={ratio} must lie strictly between 0 and 1")
+    for length in cfg.eval.lengths:
+        if not isinstance(length, int) or length < 2:
+            raise ConfigError(f"eval.lengths entry {length} must be an integer >= 2")
+    fisher = getattr(importance, "fisher", None)
+    if getattr(importance, "order", 1) == 2 and fisher == "sample" and cfg.batch_size > 1:
+        if cfg.num_samples // cfg.batch_size < 2:
+            raise ConfigError(
+                f"fisher=sample needs at least two batches (num_samples={cfg.num_samples}, "
+                f"batch_size={cfg.batch_size}); raise num_samples or use importance.fisher=exact"
+            )
+    return lengths
+
+
+def per_layer_rows(grad_stats: dict | None, kept: list[dict]) -> list[dict]:
+    """One row per layer: |grad| statistics (whole pass and spread over batches) and kept fractions."""
+    rows = []
+    for i, k in enumerate(kept):
+        row = {"layer": i, "attention_kept_fraction": k["attention_kept_fraction"], "mlp_kept_fraction": k["mlp_kept_fraction"]}
+        if grad_stats:
+            g = grad_stats["pass"][i]
+            for part in ("attention", "mlp", "all"):
+                row[f"{part}_grad_abs_mean"] = g[part]["abs_mean"]
+                row[f"{part}_grad_abs_std"] = g[part]["abs_std"]
+            batch_means = [b[i]["all"]["abs_mean"] for b in grad_stats["batches"]]
+            mean = sum(batch_means) / len(batch_means)
+            var = sum((m - mean) ** 2 for m in batch_means) / max(len(batch_means) - 1, 1)
+            row["grad_abs_mean_over_batches"] = mean
+            row["grad_abs_mean_batch_cv"] = math.sqrt(var) / mean if mean else 0.0
+            row["grad_abs_mean"] = row["all_grad_abs_mean"]
+            row["grad_abs_std"] = row["all_grad_abs_std"]
+        rows.append(row)
+    return rows
+
+
+def _tokenize_split(source, split: str, tokenizer, seed: int) -> torch.Tensor:
+    return tokenize_documents(
+        source.texts(split, seed=seed), tokenizer, join=source.join, bos_per_document=source.bos_per_document
+    )
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    tmp.replace(path)
+
+
+def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> dict:
+    """Run one job; always writes ``metrics.json`` (``status: ok`` or ``failed`` with the error)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    metrics: dict = {"status": "running", "run": _run_info(cfg), "output_dir": str(out)}
+    tracker = instantiate(cfg.logger)
+    recorder = PhaseRecorder(resolve_device(cfg.model.get("device", "auto")))
+    ok = False
+    try:
+        tracker.start(OmegaConf.to_container(cfg, resolve=True), run_name(cfg), group, "prune", str(out))
+        _pipeline(cfg, out, metrics, recorder, tracker)
+        ok = True
+        metrics["status"] = "ok"
+    except BaseException as exc:
+        metrics["status"] = "failed"
+        metrics["error"] = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+        metrics["traceback"] = traceback.format_exc()
+        raise
+    finally:
+        metrics["timings"] = {**recorder.timings, "total": time.time() - started}
+        metrics["peak_memory_mb"] = dict(recorder.peak_memory_mb)
+        metrics["memory_kind"] = recorder.memory_kind
+        _write_json(out / "metrics.json", metrics)
+        try:
+            tracker.summary({"status": metrics["status"], **{f"time/{k}": v for k, v in metrics["timings"].items()}})
+        finally:
+            tracker.finish(ok)
+    return metrics
+
+
+def _run_info(cfg: DictConfig) -> dict:
+    return {
+        "name": run_name(cfg),
+        "importance": cfg.importance.name,
+        "seq_len": cfg.seq_len,
+        "lengths": dict(cfg.lengths),
+        "batch_size": cfg.batch_size,
+        "num_samples": cfg.num_samples,
+        "seed": cfg.seed,
+        "pruning": cfg.pruning.name,
+        "ratio": cfg.pruning.get("ratio"),
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+    }
+
+
+def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder, tracker) -> None:
+    progress = bool(cfg.progress)
+    model_source = instantiate(cfg.model)
+    data_source = instantiate(cfg.data)
+    importance = instantiate(cfg.importance)
+    strategy = instantiate(cfg.pruning)
+
+    # 1. Cheap checks, then data: everything that can be refused is refused before the model loads.
+    model_config = model_source.config()
+    lengths = validate(cfg, model_config, importance)
+    with recorder.phase("data"):
+        tokenizer = model_source.tokenizer()
+        train_stream = _tokenize_split(data_source, "train", tokenizer, cfg.seed)
+        test_stream = _tokenize_split(data_source, "test", tokenizer, cfg.seed)
+        roles = {importance.uses} if importance.uses else set()
+        windows = {
+            role: calibration_windows(
+                train_stream, lengths[role], cfg.num_samples, cfg.seed, cfg.calibration_block,
+                what=f"calibration text ({data_source.describe()}, train split)",
+            )
+            for role in roles
+        }
+        eval_lengths = effective_lengths(cfg.eval.lengths, max_positions(model_config))
+        eval_max_tokens = _min_or_none(cfg.eval.max_tokens, getattr(data_source, "eval_max_tokens", None))
+        available = len(test_stream) if eval_max_tokens is None else min(len(test_stream), eval_max_tokens)
+        for length in eval_lengths:  # refuse now, not after the importance pass
+            if available < length:
+                raise DataError(
+                    f"evaluation text has {available:,} usable tokens, less than one window of eval length {length}"
+                )
+    metrics["data"] = {
+        "source": data_source.describe(),
+        "train_tokens": len(train_stream),
+        "test_tokens": len(test_stream),
+        "calibration_windows": {role: list(w.shape) for role, w in windows.items()},
+        "eval_lengths": eval_lengths,
+    }
+
+    with recorder.phase("load_model"):
+        model = model_source.load()
+    shape = model_shape(model)
+    total_before = sum(p.numel() for p in model.parameters())
+
+    def evaluate(tag: str) -> dict:
+        with recorder.phase(f"eval_{tag}"):
+            return evaluate_lengths(model, test_stream, eval_lengths, cfg.eval.batch_size, eval_max_tokens, progress, tag)
+
+    before = evaluate("before")
+    with recorder.phase("importance"):
+        result: ImportanceResult = importance.score(
+            model, Calibration(windows, cfg.batch_size, seed=cfg.seed, progress=progress)
+        )
+    with recorder.phase("pruning"):
+        plan = strategy.plan(result.scores, shape)
+        apply_plan(model, plan)
+    after = evaluate("after")
+    total_after = sum(p.numel() for p in model.parameters())
+    prunable_after = model_shape(model).prunable_params
+
+    kept = plan.kept_table(shape)
+    rows = per_layer_rows(result.grad_stats, kept)
+    metrics.update(
+        {
+            "ppl_before": {str(k): v["ppl"] for k, v in before.items()},
+            "ppl_after": {str(k): v["ppl"] for k, v in after.items()},
+            "nll_before": {str(k): v["nll"] for k, v in before.items()},
+            "nll_after": {str(k): v["nll"] for k, v in after.items()},
+            "eval_tokens": {str(k): v["tokens"] for k, v in before.items()},
+            "params_before": total_before,
+            "params_after": total_after,
+            "prunable_params_before": shape.prunable_params,
+            "prunable_params_after": prunable_after,
+            "prunable_ratio_removed": 1 - prunable_after / shape.prunable_params,
+            "total_ratio_removed": 1 - total_after / total_before,
+            "kept": kept,
+            "grad_stats": result.grad_stats,
+            "by_layer": rows,
+            "importance_extra": result.extra,
+        }
+    )
+    torch.save({"scores": result.scores.to_dict(), "plan": plan.to_dict()}, out / "importance.pt")
+    _write_json(out / "plan.json", plan.to_dict())
+
+    if cfg.save_model:
+        from prune.checkpoint import save_pruned
+
+        with recorder.phase("save"):
+            metrics["pruned_model_dir"] = str(save_pruned(model, tokenizer, out / "pruned_model"))
+    else:
+        metrics["pruned_model_dir"] = None
+
+    images = _plots(out, rows, kept, result.grad_stats, run_name(cfg))
+    metrics["plots"] = images
+    _log(tracker, metrics, rows, images)
+
+
+def _min_or_none(*values):
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
+
+
+def _plots(out: Path, rows, kept, grad_stats, title: str) -> dict[str, str]:
+    from prune.plots import plot_grad_stats, plot_kept
+
+    images = {"plots/kept_fraction": plot_kept(kept, out / "kept_fraction.png", f"kept per layer - {title}")}
+    if grad_stats:
+        images["plots/grad_stats"] = plot_grad_stats(rows, out / "grad_stats.png", f"|grad| per layer - {title}")
+    return images
+
+
+def _log(tracker, metrics: dict, rows: list[dict], images: dict) -> None:
+    flat = {}
+    for key in ("ppl_before", "ppl_after"):
+        for length, value in metrics[key].items():
+            flat[f"{key}/{length}"] = value
+    for key in ("params_before", "params_after", "prunable_ratio_removed", "total_ratio_removed"):
+        flat[key] = metrics[key]
+    tracker.summary(flat)
+    tracker.log_by_layer(rows)
+    tracker.log_table("by_layer_table", rows)
+    tracker.log_images(images)
+
+
+def summary_table(metrics: dict) -> str:
+    """A short plain-text summary of a finished job (also printed with rich by ``prune.run``)."""
+    lines = [f"run {metrics['run']['name']}  status={metrics['status']}"]
+    if metrics.get("ppl_before"):
+        lines.append("eval length | PPL before | PPL after | change")
+        for length, before in metrics["ppl_before"].items():
+            after = metrics["ppl_after"][length]
+            lines.append(f"{length:>11} | {before:10.3f} | {after:9.3f} | {100 * (after / before - 1):+6.1f}%")
+        lines.append(
+            f"params {metrics['params_before']:,} -> {metrics['params_after']:,}  "
+            f"(prunable removed {100 * metrics['prunable_ratio_removed']:.1f}%, "
+            f"whole model {100 * metrics['total_ratio_removed']:.1f}%)"
+        )
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in metrics.get("timings", {}).items())
+    lines.append(f"time: {timing}")
+    if metrics.get("pruned_model_dir"):
+        lines.append(f"pruned model: {metrics['pruned_model_dir']}")
+    return "\n".join(lines)

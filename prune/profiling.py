@@ -1,0 +1,71 @@
+"""Wall time and peak memory per phase of a job (GPU: allocator peak; CPU: sampled process RSS)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import threading
+import time
+
+import torch
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: lifetime peak is the best available
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _RssSampler(threading.Thread):
+    def __init__(self, interval: float = 0.02):
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.peak = _rss_bytes()
+        self._halt = threading.Event()
+
+    def run(self):
+        while not self._halt.wait(self.interval):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def stop(self) -> int:
+        self._halt.set()
+        self.join()
+        return max(self.peak, _rss_bytes())
+
+
+class PhaseRecorder:
+    """``with recorder.phase("importance"): ...`` records seconds and peak MiB of that phase."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.timings: dict[str, float] = {}
+        self.peak_memory_mb: dict[str, float] = {}
+        self.memory_kind = "cuda_allocated" if self.device.type == "cuda" else "cpu_rss"
+        self._start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        cuda = self.device.type == "cuda" and torch.cuda.is_available()
+        sampler = None
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            sampler = _RssSampler()
+            sampler.start()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if cuda:
+                torch.cuda.synchronize(self.device)
+                peak = torch.cuda.max_memory_allocated(self.device)
+            else:
+                peak = sampler.stop()
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+            self.peak_memory_mb[name] = max(self.peak_memory_mb.get(name, 0.0), peak / 2**20)
+
+    def total_seconds(self) -> float:
+        return time.perf_counter() - self._start
