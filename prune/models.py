@@ -108,6 +108,8 @@ class HFModel:
 @dataclass
 class TestbedModel(HFModel):
     """The embedded testbed LLaMA: trained on the synthetic corpus the first time it is needed."""
+    __test__ = False  # not a pytest test class
+
 
     testbed: dict | None = None
     cache_dir: str = "~/.cache/prune-lab"

@@ -45,6 +45,12 @@ class HubSource:
     revision: str | None = None
     load_kwargs: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.data_files = _plain(self.data_files)
+        self.splits = _plain(self.splits)
+        self.max_documents = _plain(self.max_documents)
+        self.load_kwargs = _plain(self.load_kwargs) or {}
+
     def texts(self, split: Split, seed: int = 0) -> list[str]:
         from datasets import load_dataset
 
@@ -92,6 +98,7 @@ class TextFilesSource(HubSource):
     eval_files: list | str | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         train, test = _as_list(self.train_files), _as_list(self.eval_files)
         if not train or not test:
             raise DataError("data=text needs data.train_files=<file(s)> and data.eval_files=<file(s)>")
@@ -111,9 +118,19 @@ class TextFilesSource(HubSource):
         return "text files"
 
 
+def _plain(value):
+    """Hydra hands over DictConfig / ListConfig; `datasets` needs plain dicts and lists."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
 def _as_list(files) -> list[str]:
     if files is None:
         return []
+    files = _plain(files)
     if isinstance(files, str):
         return [files]
     return [str(f) for f in files]
@@ -122,6 +139,8 @@ def _as_list(files) -> list[str]:
 @dataclass
 class TestbedSource:
     """The embedded synthetic corpus (generated and cached on first use)."""
+    __test__ = False  # not a pytest test class
+
 
     testbed: dict
     cache_dir: str

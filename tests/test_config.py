@@ -1,0 +1,94 @@
+"""Config composition (Hydra compose API) and the one-line refusals that come before any model work."""
+import subprocess
+import sys
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import REPO, compose_config
+from prune.job import ConfigError, run_name, validate
+
+
+def test_defaults_compose_and_seq_len_fans_out():
+    cfg = compose_config("seq_len=128")
+    assert cfg.lengths.taylor == cfg.lengths.layer == cfg.lengths.block == 128
+    cfg = compose_config("seq_len=128", "lengths.layer=512")
+    assert (cfg.lengths.taylor, cfg.lengths.layer) == (128, 512)
+    assert (cfg.batch_size, cfg.num_samples, cfg.pruning.ratio) == (4, 32, 0.3)
+    assert run_name(compose_config("importance=taylor_1st", "batch_size=2")) == "taylor_1st-L512-bs2-s0"
+
+
+@pytest.mark.parametrize("group,options", [
+    ("importance", ["taylor_1st", "taylor_2nd", "magnitude", "random"]),
+    ("model", ["testbed", "hf", "llama3_8b", "llama2_7b", "mistral_7b", "qwen2_5_7b"]),
+    ("data", ["testbed", "wikitext2", "c4", "ptb", "text"]),
+    ("pruning", ["global", "uniform"]),
+    ("logger", ["wandb", "none"]),
+])
+def test_every_option_of_every_group_composes_and_instantiates(group, options):
+    for option in options:
+        cfg = compose_config(f"{group}={option}")
+        node = OmegaConf.to_container(cfg[group], resolve=True)
+        assert "_target_" in node
+        if group in ("importance", "pruning", "logger", "model"):
+            instantiate(cfg[group])
+
+
+def test_model_presets_point_at_the_real_hub_models():
+    assert compose_config("model=llama3_8b").model.path == "meta-llama/Meta-Llama-3-8B"
+    assert compose_config("model=qwen2_5_7b").model.dtype == "bfloat16"
+
+
+class _Config:
+    max_position_embeddings = 512
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["seq_len=1024"], "exceeds the model's max_position_embeddings (512); choose seq_len <= 512"),
+    (["lengths.block=4096"], "lengths.block=4096"),
+    (["pruning.ratio=1.5"], "pruning.ratio=1.5 must lie strictly between 0 and 1"),
+    (["pruning.ratio=0"], "strictly between 0 and 1"),
+    (["num_samples=30"], "multiple of batch_size=4"),
+    (["num_samples=4", "seq_len=128"], "fisher=sample needs at least two batches"),
+    (["batch_size=0"], "positive integer"),
+])
+def test_bad_settings_are_refused_in_one_line(overrides, message):
+    cfg = compose_config(*overrides)
+    importance = instantiate(cfg.importance)
+    with pytest.raises(ConfigError) as info:
+        validate(cfg, _Config(), importance)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def _cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "prune.run", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_cfg_job_prints_the_resolved_config():
+    out = _cli("--cfg", "job", "--resolve", "seq_len=256", "importance=taylor_1st")
+    assert out.returncode == 0, out.stderr
+    cfg = OmegaConf.create(out.stdout)
+    assert cfg.lengths.taylor == 256 and cfg.importance.order == 1
+
+
+def test_unknown_method_is_refused_by_hydra_in_one_line():
+    out = _cli("importance=taylor_3rd")
+    assert out.returncode != 0
+    assert "Could not find 'importance/taylor_3rd'" in out.stderr
+
+
+def test_unsupported_architecture_is_refused_before_loading_weights(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)  # config only: no weights at all
+    out = _cli("model=hf", f"model.path={tmp_path}", "data=testbed", "testbed=tiny", "logger=none")
+    assert out.returncode == 2
+    assert "model type 'gpt2' is not supported" in out.stderr
+
+
+def test_seq_len_above_max_positions_is_refused_before_any_work():
+    out = _cli("testbed=tiny", "seq_len=4096", "logger=none")
+    assert out.returncode == 2
+    assert "exceeds the model's max_position_embeddings (1024)" in out.stderr
+    assert "Training the testbed" not in out.stderr

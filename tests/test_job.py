@@ -1,0 +1,74 @@
+"""The whole job on the small testbed: metrics, saved model, plots, W&B run, and recorded failures."""
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import compose_config
+from prune.data import DataError
+from prune.job import run_job
+
+FAST = ["testbed=tiny", "seq_len=64", "num_samples=8", "batch_size=2", "eval.lengths=[64,256]", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_testbed, tmp_path_factory):
+    out = tmp_path_factory.mktemp("job")
+    metrics = run_job(compose_config(*FAST), out)
+    return out, metrics
+
+
+def test_metrics_json_has_every_documented_key(finished):
+    out, metrics = finished
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["status"] == "ok"
+    for key in ("ppl_before", "ppl_after", "params_before", "params_after", "prunable_ratio_removed", "grad_stats",
+                "kept", "timings", "peak_memory_mb", "pruned_model_dir", "total_ratio_removed"):
+        assert key in saved, key
+    assert set(saved["ppl_before"]) == {"64", "256"}
+    assert 0.3 <= saved["prunable_ratio_removed"] < 0.35
+    assert saved["params_after"] < saved["params_before"]
+    for phase in ("data", "load_model", "eval_before", "importance", "pruning", "eval_after", "save"):
+        assert saved["timings"][phase] >= 0 and saved["peak_memory_mb"][phase] > 0
+    layer0 = saved["grad_stats"]["pass"][0]
+    assert layer0["attention"]["abs_mean"] > 0 and layer0["mlp"]["abs_std"] > 0
+    assert len(saved["grad_stats"]["batches"]) == 4
+    assert [k["layer"] for k in saved["kept"]] == [0, 1]
+
+
+def test_saved_model_reproduces_the_reported_perplexity(finished):
+    from prune.checkpoint import load_pruned
+    from prune.data import tokenize_documents
+    from prune.evaluate import evaluate_lengths
+    from prune.models import TestbedModel
+    from prune.data.sources import TestbedSource
+    from hydra.utils import instantiate
+
+    out, metrics = finished
+    cfg = compose_config(*FAST)
+    source: TestbedSource = instantiate(cfg.data)
+    tok = instantiate(cfg.model).tokenizer()
+    stream = tokenize_documents(source.texts("test"), tok, bos_per_document=True)
+    model = load_pruned(metrics["pruned_model_dir"]).eval()
+    again = evaluate_lengths(model, stream, [64, 256], 2, None, False, "check")
+    for length in (64, 256):
+        assert again[length]["ppl"] == pytest.approx(metrics["ppl_after"][str(length)], rel=1e-6)
+
+
+def test_plots_and_offline_wandb_run_are_written(finished):
+    out, metrics = finished
+    assert (out / "grad_stats.png").stat().st_size > 1000
+    assert (out / "kept_fraction.png").stat().st_size > 1000
+    assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_too_little_calibration_text_fails_before_the_model_loads(tiny_testbed, tmp_path):
+    train, test = tmp_path / "a.txt", tmp_path / "b.txt"
+    train.write_text("w1 w2 w3 " * 40)
+    test.write_text("w4 w5 " * 400)
+    cfg = compose_config(*FAST, "data=text", f"data.train_files={train}", f"data.eval_files={test}", "logger=none")
+    with pytest.raises(DataError, match="too few for num_samples=8 x seq_len=64"):
+        run_job(cfg, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["status"] == "failed" and "too few" in saved["error"]
+    assert "load_model" not in saved["timings"]
