@@ -72,3 +72,31 @@ def test_too_little_calibration_text_fails_before_the_model_loads(tiny_testbed, 
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["status"] == "failed" and "too few" in saved["error"]
     assert "load_model" not in saved["timings"]
+
+
+def test_offline_wandb_run_holds_the_same_per_layer_values_as_metrics_json(finished):
+    """Read the .wandb record stream back with `wandb leet inspect --json`."""
+    import shutil
+    import subprocess
+    import sys
+
+    out, metrics = finished
+    beside = Path(sys.executable).with_name("wandb")
+    wandb_bin = str(beside) if beside.exists() else shutil.which("wandb")
+    if wandb_bin is None:
+        pytest.skip("the wandb command is not on PATH")
+    run_dir = next((out / "wandb").glob("offline-run-*"))
+    printed = subprocess.run([wandb_bin, "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0, printed.stderr
+    by_layer = {}
+    for line in printed.stdout.splitlines():
+        record = json.loads(line)
+        if record.get("type") == "history" and "layer" in record["history"]["item"]:
+            item = record["history"]["item"]
+            by_layer[item["layer"]] = item
+    assert sorted(by_layer) == [0, 1]
+    for row in metrics["grad_stats"]["pass"]:
+        logged = by_layer[row["layer"]]
+        assert logged["by_layer/grad_abs_mean"] == pytest.approx(row["all"]["abs_mean"], rel=1e-9)
+        assert logged["by_layer/attention_grad_abs_std"] == pytest.approx(row["attention"]["abs_std"], rel=1e-9)
+        assert logged["by_layer/mlp_kept_fraction"] == pytest.approx(metrics["kept"][row["layer"]]["mlp_kept_fraction"])
