@@ -17,13 +17,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from prune.cache import cached, fingerprint, tensor_digest
 from prune.data import DataError, calibration_windows, tokenize_documents
 from prune.evaluate import effective_lengths, evaluate_lengths
 from prune.importance import Calibration, ImportanceResult
 from prune.models import max_positions, resolve_device
 from prune.profiling import PhaseRecorder
 from prune.pruning import PruningError, apply_plan
-from prune.structure import ATTENTION, MLP, UnsupportedModelError, model_shape
+from prune.structure import ATTENTION, MLP, UnsupportedModelError, model_shape, shape_from_config
 
 log = logging.getLogger(__name__)
 USER_ERRORS = (DataError, UnsupportedModelError, PruningError, ValueError)
@@ -34,25 +35,69 @@ class ConfigError(ValueError):
     """A setting that cannot work; the message says which and how to fix it."""
 
 
+def config_digest(cfg: DictConfig) -> str:
+    """Hash of every setting that can change a job's result (not ``force``, ``progress``, logging)."""
+    import hashlib
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("force", "progress", "logger"):
+        data.pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def run_name(cfg: DictConfig) -> str:
     """Short, sortable name from the swept settings, e.g. ``taylor_2nd-L512-bs4-s0``."""
     name = f"{cfg.importance.name}-L{cfg.seq_len}-bs{cfg.batch_size}-s{cfg.seed}"
-    if cfg.num_samples != 32:
+    if cfg.get("token_budget"):
+        name += f"-tok{cfg.token_budget}"
+    elif cfg.num_samples != 32:
         name += f"-n{cfg.num_samples}"
     if cfg.pruning.get("ratio") is not None and cfg.pruning.ratio != 0.3:
         name += f"-r{cfg.pruning.ratio}"
     return name
 
 
-def validate(cfg: DictConfig, model_config, importance) -> dict[str, int]:
-    """Cheap checks of the settings against the model; returns the calibration length per role in use."""
+def samples_for(cfg: DictConfig, length: int) -> int:
+    """Calibration sequences at ``length``: ``num_samples``, or ``token_budget // length`` when a budget is set."""
+    budget = cfg.get("token_budget")
+    return int(budget) // length if budget else int(cfg.num_samples)
+
+
+def layer_method_for(strategy, importance):
+    """The method that gives a strategy its layer scores (None if not needed or the importance gives them)."""
+    if not getattr(strategy, "needs_layers", False) or importance.provides == "layers":
+        return None
+    name = getattr(strategy, "layer_importance", None)
+    if name is None:
+        raise ConfigError(
+            f"pruning={strategy.name} needs layer or block scores: use importance=layer|block|angular|block_influence"
+        )
+    from prune.importance import build
+
+    return build(name)
+
+
+def check_compatibility(strategy, importance, layer_method, shape) -> None:
+    if strategy.needs_groups and importance.provides != "groups":
+        raise ConfigError(
+            f"importance={importance.name} scores layers/blocks, but pruning={strategy.name} prunes groups: "
+            "use pruning=depth, or a group criterion (taylor_1st, taylor_2nd, magnitude, random, wanda, removal)"
+        )
+    if layer_method is not None and layer_method.provides != "layers":
+        raise ConfigError(f"pruning.layer_importance={layer_method.name} does not score layers")
+    strategy.check(shape)
+
+
+def validate(cfg: DictConfig, model_config, importance) -> dict[str, tuple[int, int]]:
+    """Cheap checks of the settings against the model; returns (length, num_samples) per calibration role."""
     limit = max_positions(model_config)
     for key in ("seq_len", "batch_size", "num_samples"):
         value = cfg[key]
         if not isinstance(value, int) or value <= 0:
             raise ConfigError(f"{key}={value} must be a positive integer")
-    if cfg.num_samples % cfg.batch_size:
-        raise ConfigError(f"num_samples={cfg.num_samples} must be a multiple of batch_size={cfg.batch_size}")
+    budget = cfg.get("token_budget")
+    if budget is not None and (not isinstance(budget, int) or budget <= 0):
+        raise ConfigError(f"token_budget={budget} must be a positive integer or null")
     lengths = {}
     for role in ROLES:
         length = cfg.lengths[role]
@@ -63,7 +108,11 @@ def validate(cfg: DictConfig, model_config, importance) -> dict[str, int]:
                 f"lengths.{role}={length} (seq_len={cfg.seq_len}) exceeds the model's max_position_embeddings "
                 f"({limit}); choose seq_len <= {limit}"
             )
-        lengths[role] = length
+        n = samples_for(cfg, length)
+        what = f"token_budget={budget} // lengths.{role}={length} = {n}" if budget else f"num_samples={n}"
+        if n < cfg.batch_size or n % cfg.batch_size:
+            raise ConfigError(f"{what} must be a positive multiple of batch_size={cfg.batch_size}")
+        lengths[role] = (length, n)
     ratio = cfg.pruning.get("ratio")
     if ratio is not None and not 0 < ratio < 1:
         raise ConfigError(f"pruning.ratio={ratio} must lie strictly between 0 and 1")
@@ -72,19 +121,23 @@ def validate(cfg: DictConfig, model_config, importance) -> dict[str, int]:
             raise ConfigError(f"eval.lengths entry {length} must be an integer >= 2")
     fisher = getattr(importance, "fisher", None)
     if getattr(importance, "order", 1) == 2 and fisher == "sample" and cfg.batch_size > 1:
-        if cfg.num_samples // cfg.batch_size < 2:
+        n = lengths["taylor"][1]
+        if n // cfg.batch_size < 2:
             raise ConfigError(
-                f"fisher=sample needs at least two batches (num_samples={cfg.num_samples}, "
+                f"fisher=sample needs at least two batches (num_samples={n}, "
                 f"batch_size={cfg.batch_size}); raise num_samples or use importance.fisher=exact"
             )
     return lengths
 
 
-def per_layer_rows(grad_stats: dict | None, kept: list[dict]) -> list[dict]:
-    """One row per layer: |grad| statistics (whole pass and spread over batches) and kept fractions."""
+def per_layer_rows(grad_stats: dict | None, kept: list[dict], layer_scores: dict | None = None) -> list[dict]:
+    """One row per layer: |grad| statistics (whole pass and spread over batches), kept fractions, layer scores."""
     rows = []
     for i, k in enumerate(kept):
         row = {"layer": i, "attention_kept_fraction": k["attention_kept_fraction"], "mlp_kept_fraction": k["mlp_kept_fraction"]}
+        for key, values in (layer_scores or {}).items():
+            if isinstance(values, list) and i < len(values):
+                row[f"{key}_importance"] = values[i]
         if grad_stats:
             g = grad_stats["pass"][i]
             for part in ("attention", "mlp", "all"):
@@ -118,7 +171,7 @@ def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> d
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    metrics: dict = {"status": "running", "run": _run_info(cfg), "output_dir": str(out)}
+    metrics: dict = {"status": "running", "run": _run_info(cfg), "output_dir": str(out), "config_digest": config_digest(cfg)}
     tracker = instantiate(cfg.logger)
     recorder = PhaseRecorder(resolve_device(cfg.model.get("device", "auto")))
     ok = False
@@ -151,7 +204,9 @@ def _run_info(cfg: DictConfig) -> dict:
         "seq_len": cfg.seq_len,
         "lengths": dict(cfg.lengths),
         "batch_size": cfg.batch_size,
-        "num_samples": cfg.num_samples,
+        "num_samples": samples_for(cfg, cfg.seq_len),
+        "token_budget": cfg.get("token_budget"),
+        "calibration_block": cfg.get("calibration_block"),
         "seed": cfg.seed,
         "pruning": cfg.pruning.name,
         "ratio": cfg.pruning.get("ratio"),
@@ -170,14 +225,19 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
     # 1. Cheap checks, then data: everything that can be refused is refused before the model loads.
     model_config = model_source.config()
     lengths = validate(cfg, model_config, importance)
+    layer_method = layer_method_for(strategy, importance)
+    try:
+        check_compatibility(strategy, importance, layer_method, shape_from_config(model_config))
+    except PruningError as exc:
+        raise ConfigError(str(exc)) from exc
     with recorder.phase("data"):
         tokenizer = model_source.tokenizer()
         train_stream = _tokenize_split(data_source, "train", tokenizer, cfg.seed)
         test_stream = _tokenize_split(data_source, "test", tokenizer, cfg.seed)
-        roles = {importance.uses} if importance.uses else set()
+        roles = {m.uses for m in (importance, layer_method) if m is not None and m.uses}
         windows = {
             role: calibration_windows(
-                train_stream, lengths[role], cfg.num_samples, cfg.seed, cfg.calibration_block,
+                train_stream, lengths[role][0], lengths[role][1], cfg.seed, cfg.calibration_block,
                 what=f"calibration text ({data_source.describe()}, train split)",
             )
             for role in roles
@@ -204,23 +264,40 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
     total_before = sum(p.numel() for p in model.parameters())
 
     def evaluate(tag: str) -> dict:
-        with recorder.phase(f"eval_{tag}"):
-            return evaluate_lengths(model, test_stream, eval_lengths, cfg.eval.batch_size, eval_max_tokens, progress, tag)
+        return evaluate_lengths(model, test_stream, eval_lengths, cfg.eval.batch_size, eval_max_tokens, progress, tag)
 
-    before = evaluate("before")
+    model_id = fingerprint(model) if (cfg.eval.cache_before or cfg.eval.importance_accuracy) else None
+    stream_id = tensor_digest(test_stream) if model_id else None
+    with recorder.phase("eval_before"):
+        if cfg.eval.cache_before:
+            key = {"model": model_id, "tokens": stream_id, "lengths": eval_lengths, "max_tokens": eval_max_tokens}
+            before, metrics["eval_before_cached"] = cached(cfg.cache_dir, "eval_before", key, lambda: evaluate("before"))
+        else:
+            before = evaluate("before")
+    calibration = Calibration(windows, cfg.batch_size, seed=cfg.seed, progress=progress)
     with recorder.phase("importance"):
-        result: ImportanceResult = importance.score(
-            model, Calibration(windows, cfg.batch_size, seed=cfg.seed, progress=progress)
-        )
+        result: ImportanceResult = importance.score(model, calibration)
+    if layer_method is not None:
+        with recorder.phase("layer_importance"):
+            result.layer_scores = layer_method.score(model, calibration).layer_scores
+    if result.layer_scores:
+        criterion = importance if importance.provides == "layers" else layer_method
+        metrics["layer_scores"] = {"criterion": criterion.name, "length": lengths[criterion.uses][0], **result.layer_scores}
+    if cfg.eval.importance_accuracy and result.scores is not None:
+        with recorder.phase("ground_truth"):
+            metrics["importance_accuracy"] = _importance_accuracy(
+                cfg, model, test_stream, eval_lengths, result, model_id, stream_id, progress
+            )
     with recorder.phase("pruning"):
-        plan = strategy.plan(result.scores, shape)
+        plan = strategy.plan(result.scores, shape, result.layer_scores)
         apply_plan(model, plan)
-    after = evaluate("after")
+    with recorder.phase("eval_after"):
+        after = evaluate("after")
     total_after = sum(p.numel() for p in model.parameters())
     prunable_after = model_shape(model).prunable_params
 
     kept = plan.kept_table(shape)
-    rows = per_layer_rows(result.grad_stats, kept)
+    rows = per_layer_rows(result.grad_stats, kept, result.layer_scores)
     metrics.update(
         {
             "ppl_before": {str(k): v["ppl"] for k, v in before.items()},
@@ -240,8 +317,14 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
             "importance_extra": result.extra,
         }
     )
-    torch.save({"scores": result.scores.to_dict(), "plan": plan.to_dict()}, out / "importance.pt")
-    _write_json(out / "plan.json", plan.to_dict())
+    torch.save(
+        {"scores": result.scores.to_dict() if result.scores else None, "layer_scores": result.layer_scores, "plan": plan.to_dict()},
+        out / "importance.pt",
+    )
+    _write_json(
+        out / "plan.json",
+        {**plan.to_dict(), "dense_counts": {ATTENTION: shape.group_counts(ATTENTION), MLP: shape.group_counts(MLP)}},
+    )
 
     if cfg.save_model:
         from prune.checkpoint import save_pruned
@@ -251,9 +334,26 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
     else:
         metrics["pruned_model_dir"] = None
 
-    images = _plots(out, rows, kept, result.grad_stats, run_name(cfg))
+    images = _plots(out, rows, kept, result.grad_stats, run_name(cfg), metrics.get("layer_scores"))
     metrics["plots"] = images
     _log(tracker, metrics, rows, images)
+
+
+def _importance_accuracy(cfg, model, test_stream, eval_lengths, result, model_id, stream_id, progress) -> dict:
+    """Spearman of this run's group scores with the (cached) true removal effect on held-out text."""
+    from prune.data import evaluation_windows
+    from prune.ground_truth import importance_accuracy, removal_ground_truth
+
+    gt = cfg.eval.ground_truth
+    length = min(int(gt.length or max(eval_lengths)), max(eval_lengths))
+    windows = evaluation_windows(test_stream, length, gt.max_tokens)
+    key = {"model": model_id, "tokens": stream_id, "length": length, "max_tokens": gt.max_tokens,
+           "mlp_sample": gt.mlp_sample, "seed": gt.seed}
+    truth, _ = cached(
+        cfg.cache_dir, "ground_truth", key,
+        lambda: removal_ground_truth(model, windows, gt.mlp_sample, gt.seed, cfg.eval.batch_size, progress),
+    )
+    return {**importance_accuracy(result.scores, truth), "length": length, "tokens": int(windows.numel())}
 
 
 def _min_or_none(*values):
@@ -261,12 +361,14 @@ def _min_or_none(*values):
     return min(present) if present else None
 
 
-def _plots(out: Path, rows, kept, grad_stats, title: str) -> dict[str, str]:
-    from prune.plots import plot_grad_stats, plot_kept
+def _plots(out: Path, rows, kept, grad_stats, title: str, layer_scores: dict | None = None) -> dict[str, str]:
+    from prune.plots import plot_grad_stats, plot_kept, plot_layer_scores
 
     images = {"plots/kept_fraction": plot_kept(kept, out / "kept_fraction.png", f"kept per layer - {title}")}
     if grad_stats:
         images["plots/grad_stats"] = plot_grad_stats(rows, out / "grad_stats.png", f"|grad| per layer - {title}")
+    if layer_scores:
+        images["plots/layer_scores"] = plot_layer_scores(layer_scores, out / "layer_scores.png", title)
     return images
 
 

@@ -47,3 +47,18 @@ def plot_kept(kept: list[dict], path: Path, title: str) -> str:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def plot_layer_scores(layer_scores: dict, path: Path, title: str) -> str:
+    """Layer and block importance per decoder layer (the criterion's own units)."""
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for key, style in (("layer", "ko-"), ("attention", "o--"), ("mlp", "s--")):
+        values = layer_scores.get(key)
+        if isinstance(values, list):
+            ax.plot(range(len(values)), values, style, label=f"{key}", markersize=4)
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel(f"{layer_scores.get('criterion', 'importance')} score")
+    ax.set_title(f"layer / block importance ({layer_scores.get('criterion')}, L={layer_scores.get('length')}) - {title}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

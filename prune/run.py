@@ -51,6 +51,24 @@ def _print_summary(metrics: dict) -> None:
     console.print(f"outputs: {metrics['output_dir']}")
 
 
+def already_finished(out_dir: Path, cfg: DictConfig) -> dict | None:
+    """The metrics of a job that already ran to completion in ``out_dir`` with this exact config."""
+    import json
+
+    from prune.job import config_digest
+
+    path = out_dir / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if metrics.get("status") == "ok" and metrics.get("config_digest") == config_digest(cfg):
+        return metrics
+    return None
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from prune.job import USER_ERRORS, run_job
@@ -59,6 +77,10 @@ def main(cfg: DictConfig) -> float | None:
     out_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     group = Path(hydra_cfg.sweep.dir).name if multirun else None
+    finished = already_finished(out_dir, cfg)
+    if finished is not None and not cfg.force:
+        log.info("skipping %s: it already finished (status ok) with the same config; force=true re-runs it", out_dir)
+        return next(iter(finished.get("ppl_after", {}).values()), None)
     try:
         metrics = run_job(cfg, out_dir, group=group)
     except USER_ERRORS as exc:

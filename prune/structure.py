@@ -149,6 +149,21 @@ def model_shape(model: nn.Module) -> ModelShape:
     return ModelShape(config.hidden_size, head_dim, heads_per_group, attn_bias, mlp_bias, tuple(shapes))
 
 
+def shape_from_config(config) -> ModelShape:
+    """The shape a model *will* have, from its config alone (dense, or ``layer_shapes`` of a pruned one)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv = config.num_key_value_heads or config.num_attention_heads
+    per_layer = getattr(config, "layer_shapes", None) or [
+        [config.num_attention_heads, kv, config.intermediate_size]
+    ] * config.num_hidden_layers
+    base = base_model_type(config)
+    attention_bias = bool(getattr(config, "attention_bias", False)) or base == "qwen2"
+    return ModelShape(
+        config.hidden_size, head_dim, config.num_attention_heads // kv, attention_bias,
+        bool(getattr(config, "mlp_bias", False)), tuple(LayerShape(*map(int, s)) for s in per_layer),
+    )
+
+
 @dataclass
 class Projection:
     """One prunable Linear of one layer."""

@@ -50,15 +50,19 @@ class Calibration:
 
 @dataclass
 class ImportanceResult:
-    scores: GroupScores
+    """Group scores (width pruning) and/or layer scores (depth pruning: keys ``layer``, ``attention``, ``mlp``)."""
+
+    scores: GroupScores | None
     grad_stats: dict | None = None
     extra: dict = field(default_factory=dict)
+    layer_scores: dict[str, list[float]] | None = None
 
 
 @dataclass
 class ImportanceMethod:
     name: str = ""
     uses: ClassVar[str | None] = "taylor"  # which calibration role it reads (None: no data)
+    provides: ClassVar[str] = "groups"  # "groups" (width pruning) or "layers" (layer / block scores)
 
     def score(self, model: nn.Module, calibration: Calibration) -> ImportanceResult:
         raise NotImplementedError

@@ -1,0 +1,48 @@
+"""Small on-disk caches keyed by content: results that are expensive and identical across sweep jobs.
+
+Keys hash the model's *fingerprint* (its config and a per-tensor checksum of every parameter, so a
+different or modified model never hits), the exact token ids, and every setting that changes the result.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def fingerprint(model: nn.Module) -> str:
+    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+            stats = torch.stack([p.double().sum(), p.double().square().sum()]).cpu().tolist()
+            h.update(json.dumps(stats).encode())
+    return h.hexdigest()[:16]
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def cached(cache_dir: str | os.PathLike, kind: str, key: dict, compute: Callable[[], object]) -> tuple[object, bool]:
+    """``(value, True)`` from the cache for ``key``, or ``(compute(), False)`` after storing it."""
+    from filelock import FileLock
+
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    folder = Path(os.path.expanduser(str(cache_dir))) / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{digest}.pt"
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            return torch.load(path, weights_only=False), True
+        value = compute()
+        tmp = path.with_suffix(".tmp")
+        torch.save(value, tmp)
+        tmp.replace(path)
+        (folder / f"{digest}.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
+        return value, False

@@ -1,0 +1,519 @@
+"""Aggregate a sweep into summary tables, figures and a readable report (``prune-report <sweep folder>``).
+
+Jobs are grouped into *conditions* by every setting that varies across the sweep except ``seed``; seeds
+of one condition are repeats, and their spread is the noise floor every comparison is judged against.
+The x-axis of the figures is ``seq_len`` when it varies (else the first varying setting).
+
+Writes into the sweep folder: ``summary.csv`` / ``summary.json`` (one row per job), ``report.md`` and
+PNG figures; and logs them to a W&B run of job type ``report`` in the sweep's group.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import logging
+import math
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+log = logging.getLogger(__name__)
+# settings that identify a condition (from metrics.json "run"), in display order
+KEYS = ("importance", "seq_len", "num_samples", "token_budget", "batch_size", "ratio", "pruning", "model", "data", "calibration_block")
+LABELS = {
+    "seq_len": "calibration seq_len (tokens)",
+    "num_samples": "calibration samples",
+    "token_budget": "calibration token budget",
+    "batch_size": "batch size",
+    "ratio": "pruning ratio",
+}
+
+
+# ------------------------------------------------------------------------------------------- loading
+def load_jobs(sweep_dir: Path) -> list[dict]:
+    """Every job folder under ``sweep_dir`` (its ``metrics.json``, ``plan.json`` and overrides)."""
+    jobs = []
+    for metrics_path in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: _natural(p.parent.name)):
+        folder = metrics_path.parent
+        try:
+            metrics = json.loads(metrics_path.read_text())
+        except json.JSONDecodeError:
+            metrics = {"status": "failed", "error": "metrics.json is unreadable (job killed while writing?)"}
+        overrides_path = folder / ".hydra" / "overrides.yaml"
+        overrides = []
+        if overrides_path.exists():
+            overrides = [line[2:].strip() for line in overrides_path.read_text().splitlines() if line.startswith("- ")]
+        plan = json.loads((folder / "plan.json").read_text()) if (folder / "plan.json").exists() else None
+        jobs.append({"folder": folder.name, "metrics": metrics, "overrides": overrides, "plan": plan})
+    return jobs
+
+
+def _natural(name: str):
+    return (0, int(name)) if name.isdigit() else (1, name)
+
+
+def setting(job: dict, key: str):
+    return job["metrics"].get("run", {}).get(key)
+
+
+def varying_keys(jobs: list[dict]) -> list[str]:
+    return [k for k in KEYS if len({json.dumps(setting(j, k)) for j in jobs}) > 1]
+
+
+def condition_of(job: dict, keys: list[str]) -> tuple:
+    return tuple(setting(job, k) for k in keys)
+
+
+# -------------------------------------------------------------------------------------- statistics
+def mean_sd(values: list[float]) -> tuple[float, float, int]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan"), 0
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return statistics.fmean(values), sd, len(values)
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def removed_sets(plan: dict) -> dict[str, set]:
+    out = {}
+    for block, key in (("attention", "keep_attention"), ("mlp", "keep_mlp")):
+        counts = plan["dense_counts"][block]
+        out[block] = {(i, g) for i, kept in enumerate(plan[key]) for g in set(range(counts[i])) - set(kept)}
+    return out
+
+
+def welch_p(a: list[float], b: list[float]) -> float:
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    from scipy.stats import ttest_ind
+
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
+# ------------------------------------------------------------------------------------------ report
+class Report:
+    def __init__(self, sweep_dir: str | Path):
+        self.dir = Path(sweep_dir)
+        self.jobs = load_jobs(self.dir)
+        self.ok = [j for j in self.jobs if j["metrics"].get("status") == "ok"]
+        varying = varying_keys(self.ok or self.jobs)
+        self.x_key = "seq_len" if "seq_len" in varying else (varying[0] if varying else "seq_len")
+        self.series_keys = [k for k in varying if k != self.x_key and not (self.x_key == "seq_len" and k == "num_samples" and "token_budget" in varying)]
+        self.figures: dict[str, str] = {}
+
+    # --- grouping helpers
+    def series(self) -> dict[tuple, list[dict]]:
+        groups: dict[tuple, list[dict]] = {}
+        for job in self.ok:
+            groups.setdefault(condition_of(job, self.series_keys), []).append(job)
+        return dict(sorted(groups.items(), key=lambda kv: json.dumps(kv[0], default=str)))
+
+    def series_label(self, key: tuple) -> str:
+        if not self.series_keys:
+            return "all jobs"
+        return ", ".join(f"{k}={v}" for k, v in zip(self.series_keys, key))
+
+    def by_x(self, jobs: list[dict]) -> dict:
+        out: dict = {}
+        for job in jobs:
+            out.setdefault(setting(job, self.x_key), []).append(job)
+        return dict(sorted(out.items(), key=lambda kv: (kv[0] is None, kv[0] if not isinstance(kv[0], str) else 0, str(kv[0]))))
+
+    def eval_lengths(self) -> list[str]:
+        lengths = []
+        for job in self.ok:
+            for length in job["metrics"].get("ppl_after", {}):
+                if length not in lengths:
+                    lengths.append(length)
+        return sorted(lengths, key=int)
+
+    # --- tables
+    def rows(self) -> list[dict]:
+        rows = []
+        for job in self.jobs:
+            m = job["metrics"]
+            row = {"job": job["folder"], "name": m.get("run", {}).get("name"), "status": m.get("status"),
+                   "error": m.get("error", ""), "overrides": " ".join(job["overrides"])}
+            for key in KEYS + ("seed",):
+                row[key] = setting(job, key)
+            for length, value in m.get("ppl_before", {}).items():
+                row[f"ppl_before_{length}"] = value
+            for length, value in m.get("ppl_after", {}).items():
+                row[f"ppl_after_{length}"] = value
+            for key in ("params_before", "params_after", "prunable_ratio_removed", "total_ratio_removed"):
+                row[key] = m.get(key)
+            for block, value in (m.get("importance_accuracy") or {}).items():
+                if not isinstance(value, dict) and block not in ("length", "tokens"):
+                    row[f"spearman_{block}"] = value
+            for phase, seconds in (m.get("timings") or {}).items():
+                row[f"time_{phase}_s"] = seconds
+            for phase, mb in (m.get("peak_memory_mb") or {}).items():
+                row[f"peak_{phase}_mb"] = mb
+            rows.append(row)
+        return rows
+
+    def write_tables(self) -> None:
+        rows = self.rows()
+        (self.dir / "summary.json").write_text(json.dumps(rows, indent=2, default=str))
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        with open(self.dir / "summary.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    # --- figures
+    def _save(self, fig, name: str) -> None:
+        fig.tight_layout()
+        path = self.dir / name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        self.figures[name] = str(path)
+
+    def _xs(self, values: list) -> tuple[list, bool]:
+        numeric = all(isinstance(v, (int, float)) for v in values)
+        return (values, numeric) if numeric else (list(range(len(values))), False)
+
+    def _x_axis(self, ax, xs_raw: list) -> None:
+        xs, numeric = self._xs(xs_raw)
+        if numeric and self.x_key == "seq_len":
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([str(v) for v in xs_raw])
+        ax.set_xlabel(LABELS.get(self.x_key, self.x_key))
+
+    def plot_ppl(self) -> None:
+        lengths = self.eval_lengths()
+        if not lengths:
+            return
+        fig, axes = plt.subplots(1, len(lengths), figsize=(4.2 * len(lengths), 3.6), squeeze=False)
+        for ax, length in zip(axes[0], lengths):
+            for key, jobs in self.series().items():
+                groups = self.by_x(jobs)
+                xs_raw = list(groups)
+                xs, _ = self._xs(xs_raw)
+                stats = [mean_sd([j["metrics"]["ppl_after"].get(length) for j in g]) for g in groups.values()]
+                means = [s[0] for s in stats]
+                sds = [0 if math.isnan(s[1]) else s[1] for s in stats]
+                ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=self.series_label(key))
+                self._x_axis(ax, xs_raw)
+            before = [j["metrics"]["ppl_before"].get(length) for j in self.ok if length in j["metrics"].get("ppl_before", {})]
+            if before:
+                ax.axhline(statistics.fmean(before), color="gray", ls="--", lw=1, label="before pruning")
+            ax.set_ylabel("perplexity after pruning")
+            ax.set_title(f"eval window {length} tokens (mean ± sd over seeds)", fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        self._save(fig, "ppl_vs_seq_len.png")
+
+    def _layer_curves(self, name: str, title: str, panels: list[tuple[str, str, str]], logy: bool) -> None:
+        """One figure per series: per-layer curves, one line per x value (averaged over seeds)."""
+        series = self.series()
+        if not series:
+            return
+        fig, axes = plt.subplots(len(series), len(panels), figsize=(4.4 * len(panels), 3.3 * len(series)), squeeze=False)
+        drew = False
+        for row, (key, jobs) in enumerate(series.items()):
+            for col, (source, field, label) in enumerate(panels):
+                ax = axes[row][col]
+                for x, group in self.by_x(jobs).items():
+                    curves = [self._per_layer(j, source, field) for j in group]
+                    curves = [c for c in curves if c]
+                    if not curves:
+                        continue
+                    n = min(len(c) for c in curves)
+                    mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]
+                    ax.plot(range(n), mean, marker=".", label=f"{self.x_key}={x}")
+                    drew = True
+                if logy:
+                    ax.set_yscale("log")
+                ax.set_xlabel("decoder layer")
+                ax.set_ylabel(label)
+                ax.set_title(f"{label}\n{self.series_label(key)}", fontsize=8)
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=7)
+        fig.suptitle(title, fontsize=10)
+        if drew:
+            self._save(fig, name)
+        else:
+            plt.close(fig)
+
+    @staticmethod
+    def _per_layer(job: dict, source: str, field: str) -> list[float] | None:
+        rows = job["metrics"].get(source) or []
+        values = [r.get(field) for r in rows]
+        return values if values and all(v is not None for v in values) else None
+
+    def plot_layers(self) -> None:
+        self._layer_curves(
+            "grad_by_layer.png", "per-layer |gradient| of the prunable weights (mean over seeds)",
+            [("by_layer", "grad_abs_mean", "mean |grad| (loss / weight unit)"),
+             ("by_layer", "grad_abs_std", "std of |grad| (loss / weight unit)"),
+             ("by_layer", "grad_abs_mean_batch_cv", "CV of per-batch mean |grad|")],
+            logy=False,
+        )
+        self._layer_curves(
+            "kept_by_layer.png", "fraction kept per layer (mean over seeds)",
+            [("kept", "attention_kept_fraction", "attention groups kept (fraction)"),
+             ("kept", "mlp_kept_fraction", "MLP channels kept (fraction)")],
+            logy=False,
+        )
+
+    def overlaps(self, jobs: list[dict]) -> dict:
+        """Mean Jaccard overlap of the removed sets between x values (off-diagonal) and seeds (diagonal)."""
+        groups = {x: [removed_sets(j["plan"]) for j in g if j["plan"]] for x, g in self.by_x(jobs).items()}
+        xs = list(groups)
+        out = {}
+        for block in ("attention", "mlp"):
+            matrix = [[float("nan")] * len(xs) for _ in xs]
+            for a, b in itertools.product(range(len(xs)), repeat=2):
+                if a == b:
+                    pairs = list(itertools.combinations(groups[xs[a]], 2))
+                else:
+                    pairs = list(itertools.product(groups[xs[a]], groups[xs[b]]))
+                if pairs:
+                    matrix[a][b] = statistics.fmean(jaccard(p[block], q[block]) for p, q in pairs)
+            out[block] = {"x": xs, "matrix": matrix}
+        return out
+
+    def plot_overlap(self) -> dict:
+        results = {}
+        series = self.series()
+        if not series:
+            return results
+        fig, axes = plt.subplots(len(series), 2, figsize=(9, 3.8 * len(series)), squeeze=False)
+        for row, (key, jobs) in enumerate(series.items()):
+            ov = self.overlaps(jobs)
+            results[self.series_label(key)] = ov
+            for col, block in enumerate(("attention", "mlp")):
+                ax = axes[row][col]
+                m = ov[block]["matrix"]
+                im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
+                labels = [str(x) for x in ov[block]["x"]]
+                ax.set_xticks(range(len(labels)), labels)
+                ax.set_yticks(range(len(labels)), labels)
+                ax.set_xlabel(LABELS.get(self.x_key, self.x_key))
+                ax.set_ylabel(LABELS.get(self.x_key, self.x_key))
+                for i, j in itertools.product(range(len(labels)), repeat=2):
+                    if not math.isnan(m[i][j]):
+                        ax.text(j, i, f"{m[i][j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+                ax.set_title(f"Jaccard of removed {block} groups\n(diagonal: between seeds)\n{self.series_label(key)}", fontsize=8)
+                fig.colorbar(im, ax=ax, fraction=0.046, label="Jaccard overlap (0-1)")
+        self._save(fig, "overlap.png")
+        return results
+
+    def plot_cost(self) -> None:
+        if not self.ok:
+            return
+        phases = [p for p in ("data", "load_model", "eval_before", "importance", "ground_truth", "pruning", "eval_after", "save")
+                  if any(p in (j["metrics"].get("timings") or {}) for j in self.ok)]
+        groups = self.by_x(self.ok)
+        xs_raw = list(groups)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        positions = list(range(len(xs_raw)))
+        bottom = [0.0] * len(xs_raw)
+        for phase in phases:
+            values = [statistics.fmean((j["metrics"]["timings"].get(phase) or 0.0) for j in g) for g in groups.values()]
+            axes[0].bar(positions, values, bottom=bottom, label=phase)
+            bottom = [b + v for b, v in zip(bottom, values)]
+            peaks = [max((j["metrics"].get("peak_memory_mb") or {}).get(phase, 0.0) for j in g) for g in groups.values()]
+            axes[1].plot(positions, peaks, marker="o", label=phase)
+        for ax, ylabel, title in ((axes[0], "seconds (mean per job)", "time per phase"),
+                                  (axes[1], "peak memory (MiB)", "peak memory per phase")):
+            ax.set_xticks(positions, [str(x) for x in xs_raw])
+            ax.set_xlabel(LABELS.get(self.x_key, self.x_key))
+            ax.set_ylabel(ylabel)
+            ax.set_title(title, fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        self._save(fig, "cost.png")
+
+    def plot_accuracy(self) -> None:
+        if not any(j["metrics"].get("importance_accuracy") for j in self.ok):
+            return
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        for ax, block in zip(axes, ("attention", "mlp")):
+            for key, jobs in self.series().items():
+                groups = self.by_x(jobs)
+                xs_raw = list(groups)
+                xs, _ = self._xs(xs_raw)
+                stats = [mean_sd([(j["metrics"].get("importance_accuracy") or {}).get(block) for j in g]) for g in groups.values()]
+                ax.errorbar(xs, [s[0] for s in stats], yerr=[0 if math.isnan(s[1]) else s[1] for s in stats],
+                            marker="o", capsize=3, label=self.series_label(key))
+                self._x_axis(ax, xs_raw)
+            ax.set_ylabel("Spearman with true loss increase")
+            ax.set_title(f"importance accuracy: {block} groups", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        self._save(fig, "importance_accuracy.png")
+
+    # --- verdicts
+    def verdicts(self, overlaps: dict) -> list[str]:
+        lines = []
+        for key, jobs in self.series().items():
+            groups = self.by_x(jobs)
+            xs = list(groups)
+            if len(xs) < 2:
+                continue
+            ref = xs[0]
+            label = self.series_label(key)
+            for other in xs[1:]:
+                for length in self.eval_lengths():
+                    a = [j["metrics"]["ppl_after"][length] for j in groups[ref] if length in j["metrics"].get("ppl_after", {})]
+                    b = [j["metrics"]["ppl_after"][length] for j in groups[other] if length in j["metrics"].get("ppl_after", {})]
+                    if not a or not b:
+                        continue
+                    lines.append(self._verdict(f"[{label}] PPL after pruning, eval window {length}", ref, other, a, b, lower_is_better=True))
+                for block in ("attention", "mlp"):
+                    a = [(j["metrics"].get("importance_accuracy") or {}).get(block) for j in groups[ref]]
+                    b = [(j["metrics"].get("importance_accuracy") or {}).get(block) for j in groups[other]]
+                    a, b = [v for v in a if v is not None], [v for v in b if v is not None]
+                    if a and b:
+                        lines.append(self._verdict(f"[{label}] importance accuracy (Spearman, {block})", ref, other, a, b, lower_is_better=False))
+                ov = overlaps.get(label)
+                if ov:
+                    for block in ("attention", "mlp"):
+                        m, xi = ov[block]["matrix"], ov[block]["x"]
+                        i, k = xi.index(ref), xi.index(other)
+                        between, within = m[i][k], statistics.fmean(v for v in (m[i][i], m[k][k]) if not math.isnan(v)) if not (math.isnan(m[i][i]) and math.isnan(m[k][k])) else float("nan")
+                        judged = "no seed repeats to compare with" if math.isnan(within) else (
+                            "lower than between seeds: the length changes which groups are pruned beyond seed noise"
+                            if between < within - 0.05 else "about as high as between seeds: the length does not change the decisions beyond seed noise")
+                        lines.append(f"- [{label}] removed {block} groups, {self.x_key} {ref} vs {other}: Jaccard {between:.2f} "
+                                     f"vs {within:.2f} between seeds at the same {self.x_key} — {judged}.")
+        return lines
+
+    def _verdict(self, what: str, ref, other, a: list[float], b: list[float], lower_is_better: bool) -> str:
+        ma, sa, na = mean_sd(a)
+        mb, sb, nb = mean_sd(b)
+        diff = mb - ma
+        rel = 100 * diff / ma if ma else float("nan")
+        spread = max(v for v in (sa, sb, 0.0) if not math.isnan(v))
+        p = welch_p(a, b)
+        if na < 2 or nb < 2:
+            judged = "no seed repeats: cannot be judged against noise"
+        elif abs(diff) > 2 * spread and (math.isnan(p) or p < 0.05):
+            better = (diff < 0) == lower_is_better
+            judged = f"exceeds seed-to-seed spread ({self.x_key}={other if better else ref} is better)"
+        else:
+            judged = "within seed-to-seed spread (no detectable difference)"
+        p_text = "" if math.isnan(p) else f", Welch p={p:.3f}"
+        return (f"- {what}: {self.x_key}={ref}: {ma:.4g} ± {sa:.2g} (n={na}) vs {self.x_key}={other}: {mb:.4g} ± {sb:.2g} "
+                f"(n={nb}); difference {diff:+.4g} ({rel:+.1f}%{p_text}) — {judged}.")
+
+    # --- markdown
+    def markdown(self, verdict_lines: list[str]) -> str:
+        failed = [j for j in self.jobs if j["metrics"].get("status") != "ok"]
+        lines = [f"# Sweep report: {self.dir.name}", ""]
+        lines.append(f"{len(self.jobs)} jobs: {len(self.ok)} ok, {len(failed)} failed. Varying: "
+                     f"{', '.join([self.x_key] + self.series_keys) or 'nothing'} (seeds are repeats of one condition).")
+        if self.ok:
+            first = self.ok[0]["metrics"]["run"]
+            fixed = {k: first.get(k) for k in KEYS if k not in [self.x_key] + self.series_keys}
+            lines.append("Fixed: " + ", ".join(f"{k}={v}" for k, v in fixed.items() if v is not None) + ".")
+        lines += ["", "## Verdicts", ""]
+        lines += verdict_lines or ["- nothing to compare (a single condition)."]
+        lines += ["", "## Perplexity", "", self._ppl_table(), ""]
+        captions = {
+            "ppl_vs_seq_len.png": "Perplexity after pruning (mean ± sd over seeds); dashed: before pruning.",
+            "importance_accuracy.png": "Spearman correlation of each run's group scores with the true loss increase of removing that group alone (held-out text).",
+            "overlap.png": "Overlap (Jaccard) of the sets of removed groups: off-diagonal between settings, diagonal between seeds of one setting (the noise floor).",
+            "grad_by_layer.png": "Per-layer mean and std of |gradient| over the prunable weights, and the coefficient of variation of the per-batch mean across batches.",
+            "kept_by_layer.png": "Fraction of attention groups and MLP channels kept in every layer.",
+            "cost.png": "Time and peak memory per phase.",
+        }
+        for name, caption in captions.items():
+            if name in self.figures:
+                lines += [f"![{name}]({name})", "", caption, ""]
+        if failed:
+            lines += ["## Failed jobs", ""]
+            lines += [f"- job {j['folder']} ({' '.join(j['overrides'])}): {j['metrics'].get('error', 'no error recorded')}" for j in failed]
+            lines.append("")
+        lines += ["Tables: `summary.csv`, `summary.json` (one row per job).", ""]
+        return "\n".join(lines)
+
+    def _ppl_table(self) -> str:
+        lengths = self.eval_lengths()
+        header = f"| {' | '.join(self.series_keys + [self.x_key])} | n | " + " | ".join(f"PPL@{l} after" for l in lengths) + " |"
+        rows = [header, "|" + "---|" * (len(self.series_keys) + 2 + len(lengths))]
+        for key, jobs in self.series().items():
+            for x, group in self.by_x(jobs).items():
+                cells = []
+                for length in lengths:
+                    m, sd, _ = mean_sd([j["metrics"]["ppl_after"].get(length) for j in group])
+                    cells.append(f"{m:.4g} ± {sd:.2g}" if not math.isnan(sd) else f"{m:.4g}")
+                rows.append(f"| {' | '.join(str(v) for v in key)}{' | ' if key else ''}{x} | {len(group)} | " + " | ".join(cells) + " |")
+        before = {l: mean_sd([j["metrics"]["ppl_before"].get(l) for j in self.ok])[0] for l in lengths}
+        rows.append("")
+        rows.append("Before pruning: " + ", ".join(f"PPL@{l} = {v:.4g}" for l, v in before.items()))
+        return "\n".join(rows)
+
+    def build(self, log_wandb: bool = True) -> Path:
+        self.write_tables()
+        self.plot_ppl()
+        self.plot_accuracy()
+        overlaps = self.plot_overlap()
+        self.plot_layers()
+        self.plot_cost()
+        verdict_lines = self.verdicts(overlaps)
+        (self.dir / "report.md").write_text(self.markdown(verdict_lines))
+        (self.dir / "verdicts.json").write_text(json.dumps({"verdicts": verdict_lines, "overlaps": overlaps}, indent=2, default=str))
+        if log_wandb:
+            self.log_to_wandb()
+        return self.dir / "report.md"
+
+    def log_to_wandb(self) -> None:
+        """Figures and the summary table go to a run of job type ``report`` in the sweep's group."""
+        logger_cfg = self._logger_config()
+        if not logger_cfg or "WandbTracker" not in str(logger_cfg.get("_target_", "")):
+            return
+        from prune.tracking import WandbTracker
+
+        fields = {k: v for k, v in logger_cfg.items() if k in ("project", "entity", "mode", "tags")}
+        tracker = WandbTracker(**fields)
+        ok = False
+        try:
+            tracker.start({"sweep_dir": str(self.dir), "jobs": len(self.jobs)}, f"report-{self.dir.name}", self.dir.name, "report", str(self.dir))
+            tracker.log_images({f"report/{Path(n).stem}": p for n, p in self.figures.items()})
+            tracker.log_table("summary", self.rows())
+            ok = True
+        finally:
+            tracker.finish(ok)
+
+    def _logger_config(self) -> dict | None:
+        import yaml
+
+        for job in self.jobs:
+            path = self.dir / job["folder"] / ".hydra" / "config.yaml"
+            if path.exists():
+                return (yaml.safe_load(path.read_text()) or {}).get("logger")
+        return None
+
+
+def build_report(sweep_dir: str | Path, log_wandb: bool = True) -> Path:
+    return Report(sweep_dir).build(log_wandb=log_wandb)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="prune-report", description="Aggregate a sweep folder into summary tables, figures and report.md.")
+    parser.add_argument("sweep_dir", help="a multirun folder (outputs/sweeps/<...>) whose job folders hold metrics.json")
+    parser.add_argument("--no-wandb", action="store_true", help="do not log the report to W&B")
+    args = parser.parse_args(argv)
+    sweep = Path(args.sweep_dir)
+    if not any(sweep.glob("*/metrics.json")):
+        raise SystemExit(f"prune-report: no */metrics.json under {sweep}: is it a sweep folder?")
+    path = build_report(sweep, log_wandb=not args.no_wandb)
+    print(path.read_text())
+    print(f"report written to {path}")
+
+
+if __name__ == "__main__":
+    main()
