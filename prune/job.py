@@ -230,6 +230,7 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
         check_compatibility(strategy, importance, layer_method, shape_from_config(model_config))
     except PruningError as exc:
         raise ConfigError(str(exc)) from exc
+    tasks, task_dirs = _downstream_tasks(cfg, model_source)
     with recorder.phase("data"):
         tokenizer = model_source.tokenizer()
         train_stream = _tokenize_split(data_source, "train", tokenizer, cfg.seed)
@@ -266,7 +267,7 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
     def evaluate(tag: str) -> dict:
         return evaluate_lengths(model, test_stream, eval_lengths, cfg.eval.batch_size, eval_max_tokens, progress, tag)
 
-    model_id = fingerprint(model) if (cfg.eval.cache_before or cfg.eval.importance_accuracy) else None
+    model_id = fingerprint(model) if (cfg.eval.cache_before or cfg.eval.importance_accuracy or tasks) else None
     stream_id = tensor_digest(test_stream) if model_id else None
     with recorder.phase("eval_before"):
         if cfg.eval.cache_before:
@@ -274,6 +275,19 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
             before, metrics["eval_before_cached"] = cached(cfg.cache_dir, "eval_before", key, lambda: evaluate("before"))
         else:
             before = evaluate("before")
+    def downstream(tag: str) -> dict:
+        from prune.downstream import evaluate_tasks
+
+        e = cfg.eval
+        return evaluate_tasks(model, tokenizer, tasks, e.tasks_batch_size, e.tasks_limit, None, task_dirs or None, e.tasks_fewshot)
+
+    tasks_before = None
+    if tasks and cfg.eval.tasks_before:
+        with recorder.phase("tasks_before"):
+            key = {"model": model_id, "tasks": tasks, "limit": cfg.eval.tasks_limit, "fewshot": cfg.eval.tasks_fewshot,
+                   "task_dirs": task_dirs}
+            tasks_before, _ = cached(cfg.cache_dir, "tasks_before", key, lambda: downstream("before"))
+
     calibration = Calibration(windows, cfg.batch_size, seed=cfg.seed, progress=progress)
     with recorder.phase("importance"):
         result: ImportanceResult = importance.score(model, calibration)
@@ -293,6 +307,13 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
         apply_plan(model, plan)
     with recorder.phase("eval_after"):
         after = evaluate("after")
+    if tasks:
+        with recorder.phase("tasks_after"):
+            tasks_after = downstream("after")
+        metrics["downstream"] = {"before": tasks_before, "after": tasks_after}
+        for tag, res in (("acc_before", tasks_before), ("acc_after", tasks_after)):
+            if res:
+                metrics[tag] = {**{name: r["value"] for name, r in res["tasks"].items()}, "mean": res["mean"]}
     total_after = sum(p.numel() for p in model.parameters())
     prunable_after = model_shape(model).prunable_params
 
@@ -356,6 +377,22 @@ def _importance_accuracy(cfg, model, test_stream, eval_lengths, result, model_id
     return {**importance_accuracy(result.scores, truth), "length": length, "tokens": int(windows.numel())}
 
 
+def _downstream_tasks(cfg: DictConfig, model_source) -> tuple[list[str], list[str]]:
+    """Tasks to evaluate and extra task folders; refused (one line) before any model work."""
+    tasks = [str(t) for t in (cfg.eval.get("tasks") or [])]
+    if not tasks:
+        return [], []
+    from prune.downstream import check_tasks
+
+    task_dirs = [os.path.expanduser(str(cfg.eval.task_dir))] if cfg.eval.get("task_dir") else []
+    if hasattr(model_source, "spec"):  # the testbed: its own multiple-choice tasks, generated from the test split
+        from prune.testbed.tasks import ensure_task_dir
+
+        task_dirs.append(str(ensure_task_dir(model_source.spec().corpus, os.path.expanduser(cfg.cache_dir))))
+    check_tasks(tasks, task_dirs or None)
+    return tasks, task_dirs
+
+
 def _min_or_none(*values):
     present = [v for v in values if v is not None]
     return min(present) if present else None
@@ -379,6 +416,9 @@ def _log(tracker, metrics: dict, rows: list[dict], images: dict) -> None:
             flat[f"{key}/{length}"] = value
     for key in ("params_before", "params_after", "prunable_ratio_removed", "total_ratio_removed"):
         flat[key] = metrics[key]
+    for tag in ("acc_before", "acc_after"):
+        for task, value in (metrics.get(tag) or {}).items():
+            flat[f"{tag}/{task}"] = value
     tracker.summary(flat)
     tracker.log_by_layer(rows)
     tracker.log_table("by_layer_table", rows)
@@ -398,6 +438,10 @@ def summary_table(metrics: dict) -> str:
             f"(prunable removed {100 * metrics['prunable_ratio_removed']:.1f}%, "
             f"whole model {100 * metrics['total_ratio_removed']:.1f}%)"
         )
+    for task, after in (metrics.get("acc_after") or {}).items():
+        before = (metrics.get("acc_before") or {}).get(task)
+        change = f"{100 * (after - before):+.1f} points" if before is not None else ""
+        lines.append(f"accuracy {task}: {'' if before is None else f'{before:.3f} -> '}{after:.3f} {change}")
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in metrics.get("timings", {}).items())
     lines.append(f"time: {timing}")
     if metrics.get("pruned_model_dir"):

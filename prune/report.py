@@ -154,6 +154,9 @@ class Report:
             for block, value in (m.get("importance_accuracy") or {}).items():
                 if not isinstance(value, dict) and block not in ("length", "tokens"):
                     row[f"spearman_{block}"] = value
+            for tag in ("acc_before", "acc_after"):
+                for task, value in (m.get(tag) or {}).items():
+                    row[f"{tag}_{task}"] = value
             for phase, seconds in (m.get("timings") or {}).items():
                 row[f"time_{phase}_s"] = seconds
             for phase, mb in (m.get("peak_memory_mb") or {}).items():
@@ -372,6 +375,11 @@ class Report:
                     if not a or not b:
                         continue
                     lines.append(self._verdict(f"[{label}] PPL after pruning, eval window {length}", ref, other, a, b, lower_is_better=True))
+                a = [(j["metrics"].get("acc_after") or {}).get("mean") for j in groups[ref]]
+                b = [(j["metrics"].get("acc_after") or {}).get("mean") for j in groups[other]]
+                a, b = [v for v in a if v is not None], [v for v in b if v is not None]
+                if a and b:
+                    lines.append(self._verdict(f"[{label}] mean downstream accuracy after pruning", ref, other, a, b, lower_is_better=False))
                 for block in ("attention", "mlp"):
                     a = [(j["metrics"].get("importance_accuracy") or {}).get(block) for j in groups[ref]]
                     b = [(j["metrics"].get("importance_accuracy") or {}).get(block) for j in groups[other]]

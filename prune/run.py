@@ -41,6 +41,15 @@ def _print_summary(metrics: dict) -> None:
         after = metrics["ppl_after"][length]
         table.add_row(length, f"{before:.3f}", f"{after:.3f}", f"{100 * (after / before - 1):+.1f}%")
     console.print(table)
+    if metrics.get("acc_after"):
+        acc = Table(title="downstream accuracy")
+        for column in ("task", "before", "after", "change (points)"):
+            acc.add_column(column, justify="right")
+        for task, after in metrics["acc_after"].items():
+            before = (metrics.get("acc_before") or {}).get(task)
+            acc.add_row(task, "-" if before is None else f"{before:.3f}", f"{after:.3f}",
+                        "-" if before is None else f"{100 * (after - before):+.1f}")
+        console.print(acc)
     console.print(
         f"params {metrics['params_before']:,} -> {metrics['params_after']:,} "
         f"(prunable removed {100 * metrics['prunable_ratio_removed']:.1f}%, "

@@ -100,3 +100,21 @@ def test_offline_wandb_run_holds_the_same_per_layer_values_as_metrics_json(finis
         assert logged["by_layer/grad_abs_mean"] == pytest.approx(row["all"]["abs_mean"], rel=1e-9)
         assert logged["by_layer/attention_grad_abs_std"] == pytest.approx(row["attention"]["abs_std"], rel=1e-9)
         assert logged["by_layer/mlp_kept_fraction"] == pytest.approx(metrics["kept"][row["layer"]]["mlp_kept_fraction"])
+
+
+def test_downstream_tasks_run_before_and_after_pruning(tiny_testbed, tmp_path):
+    pytest.importorskip("lm_eval")
+    cfg = compose_config(*FAST, "logger=none", "eval.tasks=[testbed_local]", "eval.tasks_limit=8", "save_model=false")
+    metrics = run_job(cfg, tmp_path)
+    assert set(metrics["acc_after"]) == {"testbed_local", "mean"}
+    assert 0 <= metrics["acc_before"]["testbed_local"] <= 1
+    assert metrics["downstream"]["after"]["tasks"]["testbed_local"]["n"] == 8
+
+
+def test_unavailable_task_is_refused_before_the_model_loads(tiny_testbed, tmp_path):
+    pytest.importorskip("lm_eval")
+    cfg = compose_config(*FAST, "logger=none", "eval.tasks=[boolq]")
+    with pytest.raises(ValueError, match="boolq") as info:
+        run_job(cfg, tmp_path)
+    assert "\n" not in str(info.value)
+    assert "load_model" not in json.loads((tmp_path / "metrics.json").read_text())["timings"]

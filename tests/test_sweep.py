@@ -1,0 +1,105 @@
+"""Sweeps as a user runs them: a shrunken experiment, failures recorded, reports built, resume."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+SMALL = ["testbed=tiny", "batch_size=2", "num_samples=8", "eval.lengths=[128,512]", "eval.ground_truth.max_tokens=2048",
+         "eval.ground_truth.mlp_sample=16", "progress=false"]
+
+
+def prune_run(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "prune.run", *args], capture_output=True, text=True, cwd=cwd, timeout=1200)
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny_testbed, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    out = prune_run("experiment=seq_len_128_vs_512", *SMALL, "seed=0,1", "budget=samples,tokens",
+                    f"hydra.sweep.dir={tmp / 'study'}", "logger.project=test", cwd=tmp)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return tmp / "study", out
+
+
+def test_experiment_runs_every_job_and_writes_the_report(sweep):
+    folder, _ = sweep
+    jobs = [json.loads(p.read_text())["run"] for p in folder.glob("*/metrics.json")]
+    assert len(jobs) == 8  # 2 lengths x 2 seeds x 2 budgets
+    assert {(j["seq_len"], j["seed"], j["token_budget"]) for j in jobs} == {
+        (L, s, b) for L in (128, 512) for s in (0, 1) for b in (None, 16384)
+    }
+    rows = list(csv.DictReader(open(folder / "summary.csv")))
+    assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
+    tokens = {(r["seq_len"], r["num_samples"]) for r in rows if r["token_budget"]}
+    assert tokens == {("128", "128"), ("512", "32")}  # equal token budget: 16384 at both lengths
+    report = (folder / "report.md").read_text()
+    assert "## Verdicts" in report and "seq_len=128" in report and "between seeds" in report
+    for figure in ("ppl_vs_seq_len.png", "overlap.png", "grad_by_layer.png", "kept_by_layer.png", "cost.png", "importance_accuracy.png"):
+        assert (folder / figure).stat().st_size > 5000, figure
+        assert f"({figure})" in report
+    verdicts = json.loads((folder / "verdicts.json").read_text())
+    assert any("importance accuracy" in v for v in verdicts["verdicts"])
+
+
+def test_jobs_share_one_wandb_group_and_the_report_is_a_run(sweep):
+    folder, _ = sweep
+    runs = list(folder.glob("*/wandb/offline-run-*"))
+    assert len(runs) == 8
+    assert list(folder.glob("wandb/offline-run-*"))  # the report run, in the sweep folder
+    config = (runs[0] / "files" / "config.yaml").read_text() if (runs[0] / "files" / "config.yaml").exists() else ""
+    assert "seq_len" in config or not config
+
+
+def test_rerunning_the_sweep_skips_finished_jobs_and_redoes_missing_ones(sweep, tmp_path):
+    folder, _ = sweep
+    redo = next(
+        p.parent for p in folder.glob("*/metrics.json")
+        if (lambda r: (r["seq_len"], r["seed"], r["token_budget"]))(json.loads(p.read_text())["run"]) == (512, 1, None)
+    )
+    before = {p: p.stat().st_mtime for p in folder.glob("*/metrics.json")}
+    (redo / "metrics.json").unlink()  # as if that job had been killed
+    out = prune_run("experiment=seq_len_128_vs_512", *SMALL, "seed=0,1", "budget=samples,tokens",
+                    f"hydra.sweep.dir={folder}", "logger=none", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stderr.count("skipping") == 7
+    after = {p: p.stat().st_mtime for p in folder.glob("*/metrics.json")}
+    assert all(after[p] == t for p, t in before.items() if p.parent != redo)
+    assert json.loads((redo / "metrics.json").read_text())["status"] == "ok"
+
+
+def test_a_failing_job_is_recorded_and_the_report_still_comes_out(tiny_testbed, tmp_path):
+    # tiny testbed: max positions 1024, so seq_len=2048 fails its checks; the other job runs
+    out = prune_run("-m", "seq_len=128,2048", *SMALL, "logger=none", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {r["seq_len"]: r for r in csv.DictReader(open(tmp_path / "s" / "summary.csv"))}
+    assert rows["128"]["status"] == "ok"
+    assert rows["2048"]["status"] == "failed" and "max_position_embeddings" in rows["2048"]["error"]
+    assert "## Failed jobs" in (tmp_path / "s" / "report.md").read_text()
+
+
+def test_prune_report_rebuilds_a_report_on_demand(sweep, tmp_path):
+    folder, _ = sweep
+    (folder / "report.md").unlink()
+    out = subprocess.run([sys.executable, "-m", "prune.report", str(folder), "--no-wandb"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (folder / "report.md").exists()
+    bad = subprocess.run([sys.executable, "-m", "prune.report", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "no */metrics.json" in bad.stderr
+
+
+def test_launcher_presets_compose():
+    from conftest import compose_config
+
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        for preset, target in (("joblib_local", "JoblibLauncher"), ("slurm", "SlurmLauncher")):
+            cfg = compose("config", overrides=[f"hydra/launcher={preset}"], return_hydra_config=True)
+            assert target in cfg.hydra.launcher._target_
