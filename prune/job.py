@@ -231,6 +231,7 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
     except PruningError as exc:
         raise ConfigError(str(exc)) from exc
     tasks, task_dirs = _downstream_tasks(cfg, model_source)
+    _announce_memory(cfg, model_config, lengths, importance, metrics)
     with recorder.phase("data"):
         tokenizer = model_source.tokenizer()
         train_stream = _tokenize_split(data_source, "train", tokenizer, cfg.seed)
@@ -375,6 +376,20 @@ def _importance_accuracy(cfg, model, test_stream, eval_lengths, result, model_id
         lambda: removal_ground_truth(model, windows, gt.mlp_sample, gt.seed, cfg.eval.batch_size, progress),
     )
     return {**importance_accuracy(result.scores, truth), "length": length, "tokens": int(windows.numel())}
+
+
+def _announce_memory(cfg: DictConfig, model_config, lengths: dict, importance, metrics: dict) -> None:
+    from prune.memory import describe, estimate_bytes
+    from prune.models import resolve_dtype
+
+    device = resolve_device(cfg.model.get("device", "auto"))
+    dtype = resolve_dtype(cfg.model.get("dtype", "auto"), device)
+    micro = getattr(importance, "micro_batch_size", None) or cfg.batch_size
+    seq = max(length for length, _ in lengths.values())
+    parts = estimate_bytes(model_config, shape_from_config(model_config), seq, micro, dtype,
+                           bool(getattr(importance, "gradient_checkpointing", False)), micro < cfg.batch_size)
+    metrics["memory_estimate_gib"] = {k: v / 2**30 for k, v in parts.items()}
+    log.info("%s", describe(parts))
 
 
 def _downstream_tasks(cfg: DictConfig, model_source) -> tuple[list[str], list[str]]:

@@ -263,6 +263,12 @@ class Report:
              ("by_layer", "grad_abs_mean_batch_cv", "CV of per-batch mean |grad|")],
             logy=False,
         )
+        if any(j["metrics"].get("layer_scores") for j in self.ok):
+            criteria = sorted({j["metrics"]["layer_scores"].get("criterion") for j in self.ok if j["metrics"].get("layer_scores")})
+            panels = [("by_layer", f"{key}_importance", f"{key} importance ({', '.join(criteria)})")
+                      for key in ("layer", "attention", "mlp")
+                      if any(self._per_layer(j, "by_layer", f"{key}_importance") for j in self.ok)]
+            self._layer_curves("layer_importance.png", "layer / block importance per layer (mean over seeds)", panels, logy=False)
         self._layer_curves(
             "kept_by_layer.png", "fraction kept per layer (mean over seeds)",
             [("kept", "attention_kept_fraction", "attention groups kept (fraction)"),
@@ -436,6 +442,7 @@ class Report:
             "overlap.png": "Overlap (Jaccard) of the sets of removed groups: off-diagonal between settings, diagonal between seeds of one setting (the noise floor).",
             "grad_by_layer.png": "Per-layer mean and std of |gradient| over the prunable weights, and the coefficient of variation of the per-batch mean across batches.",
             "kept_by_layer.png": "Fraction of attention groups and MLP channels kept in every layer.",
+            "layer_importance.png": "Layer and block importance scores per layer (the criterion's own units), one line per setting.",
             "cost.png": "Time and peak memory per phase.",
         }
         for name, caption in captions.items():

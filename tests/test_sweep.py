@@ -103,3 +103,14 @@ def test_launcher_presets_compose():
         for preset, target in (("joblib_local", "JoblibLauncher"), ("slurm", "SlurmLauncher")):
             cfg = compose("config", overrides=[f"hydra/launcher={preset}"], return_hydra_config=True)
             assert target in cfg.hydra.launcher._target_
+
+
+def test_70b_slurm_example_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=llama3_70b_slurm"], return_hydra_config=True)
+    assert cfg.model.device_map == "auto" and cfg.model.path == "meta-llama/Meta-Llama-3-70B"
+    assert cfg.hydra.launcher.gpus_per_node == 8 and "Slurm" in cfg.hydra.launcher._target_
+    assert cfg.importance.gradient_checkpointing is True

@@ -1,5 +1,5 @@
 """Calibration (train split) and evaluation (test split) text, tokenized into exact-length windows."""
-from prune.data.sources import DataError, HubSource, TestbedSource, TextFilesSource
+from prune.data.sources import DataError, HubSource, TestbedSource, TextFilesSource, TextSplitSource
 from prune.data.windows import calibration_windows, evaluation_windows, tokenize_documents
 
 __all__ = [
@@ -7,6 +7,7 @@ __all__ = [
     "HubSource",
     "TestbedSource",
     "TextFilesSource",
+    "TextSplitSource",
     "calibration_windows",
     "evaluation_windows",
     "tokenize_documents",

@@ -118,6 +118,40 @@ class TextFilesSource(HubSource):
         return "text files"
 
 
+@dataclass
+class TextSplitSource:
+    """One local text file cut in two at a document boundary: the first part calibrates, the rest evaluates.
+
+    ``test_fraction`` of the characters (rounded to the next ``separator``) go to the test split, so
+    calibration and evaluation never share text.
+    """
+
+    file: str | None = None
+    test_fraction: float = 0.5
+    separator: str = "\n\n"
+    name: str = "text_split"
+    join: str = "\n\n"
+    bos_per_document: bool = False
+
+    def __post_init__(self):
+        if not self.file:
+            raise DataError("data=text_split needs data.file=<text file>")
+        if not Path(os.path.expanduser(self.file)).is_file():
+            raise DataError(f"text file not found: {self.file}")
+        if not 0 < self.test_fraction < 1:
+            raise DataError(f"data.test_fraction={self.test_fraction} must lie strictly between 0 and 1")
+
+    def texts(self, split: Split, seed: int = 0) -> list[str]:
+        text = Path(os.path.expanduser(self.file)).read_text()
+        cut = text.find(self.separator, int(len(text) * (1 - self.test_fraction)))
+        if cut < 0:
+            raise DataError(f"{self.file}: no '{self.separator!r}' after the {1 - self.test_fraction:.0%} mark to split at")
+        return [text[:cut]] if split == "train" else [text[cut + len(self.separator):]]
+
+    def describe(self) -> str:
+        return f"{Path(self.file).name} (split {1 - self.test_fraction:.0%}/{self.test_fraction:.0%})"
+
+
 def _plain(value):
     """Hydra hands over DictConfig / ListConfig; `datasets` needs plain dicts and lists."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
