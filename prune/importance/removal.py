@@ -4,9 +4,12 @@ A unit is an attention group, an MLP channel, a whole decoder layer, or one laye
 block. Removing a block means it adds *exactly nothing* to the residual stream (its output is zero);
 removing a layer makes its output equal its input.
 
-Cost: a naive loop runs one full forward per unit. With ``prefix_cache`` (default) each layer's input
-is computed once per batch and a unit in layer ``l`` only re-runs layers ``l..L-1``, which roughly halves
-the work when units are spread over the depth (``prune-bench`` measures the ratio).
+Cost: a naive loop runs one full forward per unit. With ``prefix_cache`` (default) the intact model is
+walked once, layer by layer, and a unit of layer ``l`` only runs what follows it: a removed layer or block
+starts from the cached residual stream (a removed MLP block reuses the layer's attention output, a
+removed attention block runs only the MLP block) and then layers ``l+1..L-1``; a removed group re-runs
+layer ``l`` with the group masked. The intact walk's final state gives the baseline loss for free.
+``prune-bench`` measures the saving against the naive loop.
 """
 from __future__ import annotations
 
@@ -95,6 +98,16 @@ class PrefixRunner:
         out = self.layers[index](hidden, attention_mask=None, **ctx)
         return out[0] if isinstance(out, tuple) else out
 
+    def attention_block(self, index: int, hidden: torch.Tensor, ctx: dict) -> torch.Tensor:
+        """The attention block's contribution to the residual stream (pre-norm LLaMA layer)."""
+        layer = self.layers[index]
+        out = layer.self_attn(layer.input_layernorm(hidden), attention_mask=None, **ctx)
+        return out[0] if isinstance(out, tuple) else out
+
+    def mlp_block(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        layer = self.layers[index]
+        return layer.mlp(layer.post_attention_layernorm(hidden))
+
     def run_from(self, index: int, hidden: torch.Tensor, ctx: dict) -> torch.Tensor:
         for i in range(index, len(self.layers)):
             hidden = self.layer(i, hidden, ctx)
@@ -139,15 +152,22 @@ def removal_losses(
             if prefix_cache:
                 runner = PrefixRunner(model)
                 hidden, ctx = runner.start(batch)
-                base_sum += float(runner.sequence_nll(runner.run_from(0, hidden, ctx), batch).sum())
                 for layer in range(len(runner.layers)):
+                    mid = hidden + runner.attention_block(layer, hidden, ctx)
                     for unit in by_layer.get(layer, []):
-                        with removed(model, unit):
-                            out = runner.run_from(layer, hidden, ctx)
+                        if unit.kind == "layer":
+                            out = runner.run_from(layer + 1, hidden, ctx)
+                        elif unit.kind == "attention":
+                            out = runner.run_from(layer + 1, hidden + runner.mlp_block(layer, hidden), ctx)
+                        elif unit.kind == "mlp":
+                            out = runner.run_from(layer + 1, mid, ctx)
+                        else:
+                            with removed(model, unit):
+                                out = runner.run_from(layer, hidden, ctx)
                         sums[unit] += float(runner.sequence_nll(out, batch).sum())
                         bar.update(1)
-                    if layer + 1 < len(runner.layers) and any(l > layer for l in by_layer):
-                        hidden = runner.layer(layer, hidden, ctx)
+                    hidden = mid + runner.mlp_block(layer, mid)
+                base_sum += float(runner.sequence_nll(hidden, batch).sum())
             else:
                 base_sum += float(_sequence_nll(model, batch).sum())
                 for unit in units:
