@@ -52,27 +52,37 @@ def sequence_nll(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LayerGradMoments:
-    """Sums that give mean and std of |g| over a set of weights."""
+    """Sums that give mean and std of |g| over a set of weights.
 
-    abs_sum: float = 0.0
-    sq_sum: float = 0.0
+    The sums stay on the gradient's device (as fp64 0-d tensors) until ``summary``, so the hooks never
+    force a GPU synchronisation.
+    """
+
+    abs_sum: torch.Tensor | float = 0.0
+    sq_sum: torch.Tensor | float = 0.0
     count: int = 0
 
     def add(self, grad: torch.Tensor) -> None:
         g = grad.detach().float()
-        self.abs_sum += g.abs().sum(dtype=torch.float64).item()
-        self.sq_sum += g.square().sum(dtype=torch.float64).item()
+        self.abs_sum = self.abs_sum + g.abs().sum(dtype=torch.float64)
+        self.sq_sum = self.sq_sum + g.square().sum(dtype=torch.float64)
         self.count += g.numel()
 
     def merged(self, other: "LayerGradMoments") -> "LayerGradMoments":
-        return LayerGradMoments(self.abs_sum + other.abs_sum, self.sq_sum + other.sq_sum, self.count + other.count)
+        return LayerGradMoments(
+            _to_cpu(self.abs_sum) + _to_cpu(other.abs_sum), _to_cpu(self.sq_sum) + _to_cpu(other.sq_sum), self.count + other.count
+        )
 
     def summary(self) -> dict:
         if not self.count:
             return {"abs_mean": 0.0, "abs_std": 0.0}
-        mean = self.abs_sum / self.count
-        var = max(self.sq_sum / self.count - mean * mean, 0.0)
+        mean = float(self.abs_sum) / self.count
+        var = max(float(self.sq_sum) / self.count - mean * mean, 0.0)
         return {"abs_mean": mean, "abs_std": var**0.5}
+
+
+def _to_cpu(value) -> float:
+    return float(value)
 
 
 def summarize_moments(moments: dict[tuple[int, str], LayerGradMoments], n_layers: int) -> list[dict]:
@@ -110,8 +120,9 @@ class _Accumulator:
             if proj.grouped_bias:
                 self.owner[id(proj.module.bias)] = (proj, "bias")
         self.mean_grad = {key: None for key in self.owner}
-        self.batch_sq = GroupScores.zeros(self.shape) if fisher in ("sample", "batch") else None
-        self.seq_sq = GroupScores.zeros(self.shape) if fisher == "exact" else None
+        # per-channel sums of w^2 g^2, kept on the gradient's device until the end of the pass
+        self.batch_sq: dict[int, torch.Tensor] | None = {} if fisher in ("sample", "batch") else None
+        self.seq_sq: dict[int, torch.Tensor] | None = {} if fisher == "exact" else None
         self.batch_moments: list[dict] = []
         self.current: dict[tuple[int, str], LayerGradMoments] = {}
         self.last_unit = False
@@ -125,12 +136,23 @@ class _Accumulator:
         sq = wg.square()
         return sq if kind == "bias" else sq.sum(dim=1 - proj.channel_dim)
 
+    @staticmethod
+    def _accumulate(store: dict[int, torch.Tensor], key: int, values: torch.Tensor) -> None:
+        values = values.double()
+        store[key] = values if key not in store else store[key].add_(values)
+
+    def _to_groups(self, store: dict[int, torch.Tensor], scale: float) -> GroupScores:
+        scores = GroupScores.zeros(self.shape)
+        for key, values in store.items():
+            add_channel_values(scores, self.shape, self.owner[key][0], values * scale)
+        return scores
+
     def on_unit_grad(self, param: nn.Parameter, grad: torch.Tensor) -> None:
         """Incoming gradient of one backward (a single sequence in 'exact' mode)."""
         proj, kind = self.owner[id(param)]
         # unit loss = sequence loss / batch_size, so the sequence gradient is batch_size * grad
         per_seq = grad * self.batch_size
-        add_channel_values(self.seq_sq, self.shape, proj, self._channel_values(param, per_seq, proj, kind))
+        self._accumulate(self.seq_sq, id(param), self._channel_values(param, per_seq, proj, kind))
 
     def on_batch_grad(self, param: nn.Parameter) -> None:
         """``param.grad`` holds the whole batch's gradient g_b: reduce it and free it."""
@@ -145,7 +167,7 @@ class _Accumulator:
         else:
             self.mean_grad[key].add_(contribution)
         if self.batch_sq is not None:
-            add_channel_values(self.batch_sq, self.shape, proj, self._channel_values(param, grad, proj, kind))
+            self._accumulate(self.batch_sq, key, self._channel_values(param, grad, proj, kind))
         self.current.setdefault((proj.layer, proj.block), LayerGradMoments()).add(grad)
         param.grad = None
 
@@ -156,10 +178,10 @@ class _Accumulator:
     def second_moment(self) -> GroupScores | None:
         S, B, nb = self.num_sequences, self.batch_size, self.num_batches
         if self.fisher == "exact":
-            return self.seq_sq.map(lambda t: t / S)
+            return self._to_groups(self.seq_sq, 1 / S)
         if self.fisher is None:
             return None
-        mean_batch_sq = self.batch_sq.map(lambda t: t / nb)
+        mean_batch_sq = self._to_groups(self.batch_sq, 1 / nb)
         if self.fisher == "batch":
             return mean_batch_sq
         # sample: unbiased per-sequence estimate from batch gradients
