@@ -450,11 +450,17 @@ def bench_memory_cpu(shape: Shape, dtype: torch.dtype, seq_len, batch_size, num_
 
 
 # -------------------------------------------------------------------------------- prefill / decode
-def prune_copy(model, scores, ratio: float):
-    from prune.pruning import Global, apply_plan
+def prune_copy(model, scores, ratio: float, width_multiple: int = 1):
+    """The model with ``ratio`` of its prunable parameters removed by the same fraction in every layer.
+
+    A uniform plan is what the speed figures need: a global plan on random weights empties some layers
+    almost completely, which says nothing about a real pruned model. MLP widths are rounded to
+    ``width_multiple`` (128 on GPUs, where odd widths run on slow kernels).
+    """
+    from prune.pruning import Uniform, apply_plan
     from prune.structure import model_shape
 
-    plan = Global(ratio=ratio).plan(scores, model_shape(model))
+    plan = Uniform(ratio=ratio, width_multiple=width_multiple).plan(scores, model_shape(model))
     pruned = apply_plan(copy.deepcopy(model), plan)
     pruned.eval()
     return pruned, plan
@@ -482,7 +488,7 @@ def _generate(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
 def bench_speed(model, scores, score_source, args, device) -> dict:
     from prune.structure import model_shape
 
-    pruned, plan = prune_copy(model, scores, args.prune_ratio)
+    pruned, plan = prune_copy(model, scores, args.prune_ratio, 128 if device.type == "cuda" else 8)
     shape_before, shape_after = model_shape(model), model_shape(pruned)
     x = random_windows(args.prefill_batch, args.prefill_len, model.config.vocab_size, args.seed + 2).to(device)
     prompt = random_windows(args.decode_batch, args.prompt_len, model.config.vocab_size, args.seed + 3).to(device)

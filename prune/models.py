@@ -53,6 +53,7 @@ class HFModel:
     attn_implementation: str | None = "sdpa"
     trust_remote_code: bool = False
     tokenizer_path: str | None = None
+    width_multiple: int = 1  # read by the pruning strategies (conf: pruning.width_multiple)
 
     def model_path(self) -> str:
         if not self.path:

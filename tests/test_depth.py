@@ -199,3 +199,17 @@ def test_layer_weighted_and_hybrid_plans_meet_the_target():
     hy = Hybrid(ratio=0.5, depth_share=0.5, keep_first=0, keep_last=0).plan(scores, shape, layer_scores)
     assert hy.removed_layers == [1]
     assert hy.removed_params(shape) >= 0.5 * shape.prunable_params
+
+
+def test_width_multiple_rounds_kept_mlp_widths():
+    model = tiny_model(intermediate_size=40)
+    shape = model_shape(model)
+    scores = build("magnitude").score(model, calib()).scores
+    plan = Global(ratio=0.3, width_multiple=8).plan(scores, shape)
+    assert all(len(k) % 8 == 0 for k in plan.keep_mlp)
+    assert abs(plan.removed_params(shape) / shape.prunable_params - 0.3) < 0.1
+    # the restored / dropped channels are those nearest the cut: kept channels outscore removed ones
+    for layer, kept in enumerate(plan.keep_mlp):
+        removed = set(range(40)) - set(kept)
+        if kept and removed:
+            assert min(scores.mlp[layer][list(kept)]) >= max(scores.mlp[layer][list(removed)])

@@ -29,25 +29,13 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from prune.losses import sequence_nll
 from prune.structure import ATTENTION, MLP, GroupScores, Projection, add_channel_values, model_shape, projections
 
 log = logging.getLogger(__name__)
 FISHER_MODES = ("sample", "exact", "batch")
-
-
-def sequence_nll(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """Mean next-token negative log-likelihood of each sequence (fp32), shape (batch,).
-
-    Windows are never padded, so every sequence has exactly ``seq_len - 1`` predicted tokens and the
-    mean over sequences equals the token-weighted mean.
-    """
-    logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1].float()
-    targets = input_ids[:, 1:]
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    return nll.view(targets.shape).mean(dim=1)
 
 
 @dataclass
@@ -63,9 +51,12 @@ class LayerGradMoments:
     count: int = 0
 
     def add(self, grad: torch.Tensor) -> None:
-        g = grad.detach().float()
-        self.abs_sum = self.abs_sum + g.abs().sum(dtype=torch.float64)
-        self.sq_sum = self.sq_sum + g.square().sum(dtype=torch.float64)
+        g = grad.detach()
+        # norms reduce in fp32 without materialising an fp32 copy of the gradient
+        l1 = torch.linalg.vector_norm(g, ord=1, dtype=torch.float32).double()
+        l2 = torch.linalg.vector_norm(g, ord=2, dtype=torch.float32).double()
+        self.abs_sum = self.abs_sum + l1
+        self.sq_sum = self.sq_sum + l2 * l2
         self.count += g.numel()
 
     def merged(self, other: "LayerGradMoments") -> "LayerGradMoments":
@@ -132,9 +123,18 @@ class _Accumulator:
         return [proj.module.weight if kind == "weight" else proj.module.bias for proj, kind in self.owner.values()]
 
     def _channel_values(self, param: torch.Tensor, grad: torch.Tensor, proj: Projection, kind: str) -> torch.Tensor:
-        wg = param.detach().float() * grad.float()
-        sq = wg.square()
-        return sq if kind == "bias" else sq.sum(dim=1 - proj.channel_dim)
+        """Per-channel sum of (w * g)^2, squared and summed in fp32.
+
+        fp16 inputs are upcast first (their products can underflow); bf16 products keep bf16's fp32-sized
+        exponent and lose at most 0.4 % to rounding, which saves a full-size fp32 copy per weight.
+        """
+        w, g = param.detach(), grad.detach()
+        if w.dtype == torch.float16 or g.dtype == torch.float16:
+            w, g = w.float(), g.float()
+        wg = w * g
+        if kind == "bias":
+            return wg.float().square()
+        return torch.linalg.vector_norm(wg, ord=2, dim=1 - proj.channel_dim, dtype=torch.float32).square()
 
     @staticmethod
     def _accumulate(store: dict[int, torch.Tensor], key: int, values: torch.Tensor) -> None:
@@ -161,11 +161,9 @@ class _Accumulator:
         proj, kind = self.owner[id(param)]
         grad = param.grad
         key = id(param)
-        contribution = grad.detach().float() / self.num_batches
         if self.mean_grad[key] is None:
-            self.mean_grad[key] = contribution
-        else:
-            self.mean_grad[key].add_(contribution)
+            self.mean_grad[key] = torch.zeros_like(grad, dtype=torch.float32)
+        self.mean_grad[key].add_(grad.detach(), alpha=1.0 / self.num_batches)  # fp32 accumulate, no fp32 temp
         if self.batch_sq is not None:
             self._accumulate(self.batch_sq, key, self._channel_values(param, grad, proj, kind))
         self.current.setdefault((proj.layer, proj.block), LayerGradMoments()).add(grad)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from prune.losses import next_token_nll, sequence_nll
 from prune.structure import decoder_layers, model_shape
 
 KINDS = ("attention_group", "mlp_channel", "layer", "attention", "mlp")
@@ -114,14 +114,7 @@ class PrefixRunner:
         return hidden
 
     def sequence_nll(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        logits = self.model.lm_head(self.inner.norm(hidden))[:, :-1].float()
-        nll = F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
-        return nll.mean(dim=1)
-
-
-def _sequence_nll(model, input_ids):
-    logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1].float()
-    return F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none").mean(dim=1)
+        return next_token_nll(self.model.lm_head(self.inner.norm(hidden)), input_ids).mean(dim=1)
 
 
 @torch.no_grad()
@@ -169,10 +162,10 @@ def removal_losses(
                     hidden = mid + runner.mlp_block(layer, mid)
                 base_sum += float(runner.sequence_nll(hidden, batch).sum())
             else:
-                base_sum += float(_sequence_nll(model, batch).sum())
+                base_sum += float(sequence_nll(model, batch).sum())
                 for unit in units:
                     with removed(model, unit):
-                        sums[unit] += float(_sequence_nll(model, batch).sum())
+                        sums[unit] += float(sequence_nll(model, batch).sum())
                     bar.update(1)
     finally:
         bar.close()

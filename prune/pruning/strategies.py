@@ -10,7 +10,9 @@ Width strategies need group scores (``taylor_*``, ``magnitude``, ``random``, ``w
 
 Protections shared by all strategies: the first ``keep_first`` and last ``keep_last`` layers are never
 pruned, and no layer loses more than ``max_layer_fraction`` of its prunable parameters (width
-strategies). A width strategy with ``min_attention_groups=0`` / ``min_mlp_channels=0`` may empty a block;
+strategies). ``width_multiple`` rounds every layer's kept MLP width to a multiple (e.g. 128 on GPUs:
+matrix kernels run much slower on odd widths; measured in ``prune-bench``), restoring or removing the
+channels nearest the cut by score. A width strategy with ``min_attention_groups=0`` / ``min_mlp_channels=0`` may empty a block;
 an emptied block is removed physically, and a layer with both blocks empty is dropped.
 """
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Strategy:
     max_layer_fraction: float = 1.0
     min_attention_groups: int = 1
     min_mlp_channels: int = 1
+    width_multiple: int = 1
     name: str = ""
     needs_groups = True
     needs_layers = False
@@ -139,6 +142,25 @@ class Strategy:
     def _keep_all(shape: ModelShape) -> dict:
         return {b: [set(range(n)) for n in shape.group_counts(b)] for b in BLOCKS}
 
+    def _round_widths(self, keep: dict, scores: GroupScores | None, shape: ModelShape) -> None:
+        """Round each layer's kept MLP channel count to the nearest multiple of ``width_multiple``."""
+        m = int(self.width_multiple or 1)
+        if m <= 1 or scores is None:
+            return
+        for layer, kept in enumerate(keep[MLP]):
+            n, k = shape.layers[layer].intermediate_size, len(kept)
+            if k == 0 or k == n or k % m == 0:
+                continue
+            down, up = (k // m) * m, min(-(-k // m) * m, n)
+            goal = up if (up - k <= k - down or down == 0) else down
+            order = torch.argsort(scores.mlp[layer], descending=True, stable=True).tolist()
+            if goal > k:  # restore the best removed channels
+                restore = [c for c in order if c not in kept][: goal - k]
+                kept.update(restore)
+            else:  # remove the worst kept channels
+                drop = [c for c in reversed(order) if c in kept][: k - goal]
+                kept.difference_update(drop)
+
     def _plan(self, keep: dict, **meta) -> PruningPlan:
         return PruningPlan([sorted(s) for s in keep[ATTENTION]], [sorted(s) for s in keep[MLP]], strategy=self.name, meta=meta)
 
@@ -164,6 +186,7 @@ class Global(Strategy):
         removed = self._width(normalize_per_layer(scores, self.normalize), shape, keep, {None: target})
         if removed < target:
             raise PruningError(f"pruning.ratio={self.ratio} is unreachable under the protections; lower the ratio")
+        self._round_widths(keep, scores, shape)
         return self._plan(keep)
 
 
@@ -193,6 +216,7 @@ class Uniform(Strategy):
                 n_remove = 0 if layer in protected else min(round(self.ratio * n), max(n - minimum, 0))
                 order = torch.argsort(layer_scores_, stable=True).tolist()
                 keep[block].append(set(order[n_remove:]))
+        self._round_widths(keep, scores, shape)
         return self._plan(keep)
 
 
@@ -323,6 +347,7 @@ class LayerWeighted(Strategy):
         keep = self._keep_all(shape)
         targets = {i: r[i] * sum(shape.layer_params(i).values()) for i in range(len(shape.layers)) if r[i] > 0}
         self._width(scores, shape, keep, targets)
+        self._round_widths(keep, scores, shape)
         return self._plan(keep, layer_fractions=r)
 
 
@@ -361,4 +386,5 @@ class Hybrid(Depth):
             removed = self._width(normalize_per_layer(scores, self.normalize), shape, keep, {None: width_target})
             if removed < width_target:
                 raise PruningError(f"pruning.ratio={self.ratio} is unreachable after depth pruning; lower ratio or depth_share")
+        self._round_widths(keep, scores, shape)
         return self._plan(keep, removed_units=order, depth_params=depth_removed)

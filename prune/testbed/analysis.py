@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from prune.losses import next_token_nll
 from prune.pruning.plan import PruningPlan
 from prune.pruning.surgery import masked
 from prune.structure import model_shape
@@ -15,10 +15,9 @@ def token_losses(model, windows: torch.Tensor, batch_size: int = 8) -> tuple[tor
     """Per-token NLL and greedy correctness for every predicted position, shape (n_windows, L - 1)."""
     nll, correct = [], []
     for batch in windows.split(batch_size):
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-        target = batch[:, 1:]
-        nll.append(F.cross_entropy(logits.transpose(1, 2), target, reduction="none"))
-        correct.append(logits.argmax(-1) == target)
+        logits = model(input_ids=batch, use_cache=False).logits
+        nll.append(next_token_nll(logits, batch))
+        correct.append(logits[:, :-1].argmax(-1) == batch[:, 1:])
     return torch.cat(nll), torch.cat(correct)
 
 
