@@ -146,8 +146,18 @@ class Shape:
         )
 
 
-TESTBED_SHAPE = Shape(layers=6, hidden=128, heads=8, kv_heads=4, intermediate=384, vocab=512,
-                      rope_theta=500000.0, max_positions=2048, tie_embeddings=True)
+def _testbed_shape() -> Shape:
+    """The default testbed model's shape (taken from its spec, so the two cannot drift apart)."""
+    from prune.testbed.build import TestbedSpec
+
+    spec = TestbedSpec()
+    m = spec.model
+    return Shape(layers=m.num_layers, hidden=m.hidden_size, heads=m.num_heads, kv_heads=m.num_kv_heads,
+                 intermediate=m.intermediate_size, vocab=spec.corpus.vocab_size, rope_theta=m.rope_theta,
+                 max_positions=m.max_positions, tie_embeddings=True)
+
+
+TESTBED_SHAPE = _testbed_shape()
 BENCH_SHAPE = Shape(layers=12, hidden=768, heads=12, kv_heads=4, intermediate=2048, vocab=32000)
 LLAMA3_8B_SHAPE = Shape(layers=32, hidden=4096, heads=32, kv_heads=8, intermediate=14336, vocab=128256,
                         rope_theta=500000.0, max_positions=8192)

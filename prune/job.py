@@ -11,6 +11,7 @@ import math
 import os
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -120,11 +121,11 @@ def validate(cfg: DictConfig, model_config, importance) -> dict[str, tuple[int, 
         if not isinstance(length, int) or length < 2:
             raise ConfigError(f"eval.lengths entry {length} must be an integer >= 2")
     fisher = getattr(importance, "fisher", None)
-    if getattr(importance, "order", 1) == 2 and fisher == "sample" and cfg.batch_size > 1:
+    if getattr(importance, "order", 1) == 2 and fisher in ("sample", "token") and cfg.batch_size > 1:
         n = lengths["taylor"][1]
         if n // cfg.batch_size < 2:
             raise ConfigError(
-                f"fisher=sample needs at least two batches (num_samples={n}, "
+                f"fisher={fisher} needs at least two batches (num_samples={n}, "
                 f"batch_size={cfg.batch_size}); raise num_samples or use importance.fisher=exact"
             )
     return lengths
@@ -215,6 +216,17 @@ def _run_info(cfg: DictConfig) -> dict:
     }
 
 
+@dataclass
+class EvalData:
+    """Tokenized text of one job: calibration windows per role, the test stream and its eval lengths."""
+
+    tokenizer: object
+    windows: dict[str, torch.Tensor]
+    test_stream: torch.Tensor
+    lengths: list[int]
+    max_tokens: int | None
+
+
 def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder, tracker) -> None:
     progress = bool(cfg.progress)
     model_source = instantiate(cfg.model)
@@ -233,55 +245,31 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
     tasks, task_dirs = _downstream_tasks(cfg, model_source)
     _announce_memory(cfg, model_config, lengths, importance, metrics)
     with recorder.phase("data"):
-        tokenizer = model_source.tokenizer()
-        train_stream = _tokenize_split(data_source, "train", tokenizer, cfg.seed)
-        test_stream = _tokenize_split(data_source, "test", tokenizer, cfg.seed)
-        roles = {m.uses for m in (importance, layer_method) if m is not None and m.uses}
-        windows = {
-            role: calibration_windows(
-                train_stream, lengths[role][0], lengths[role][1], cfg.seed, cfg.calibration_block,
-                what=f"calibration text ({data_source.describe()}, train split)",
-            )
-            for role in roles
-        }
-        eval_lengths = effective_lengths(cfg.eval.lengths, max_positions(model_config))
-        eval_max_tokens = _min_or_none(cfg.eval.max_tokens, getattr(data_source, "eval_max_tokens", None))
-        available = len(test_stream) if eval_max_tokens is None else min(len(test_stream), eval_max_tokens)
-        for length in eval_lengths:  # refuse now, not after the importance pass
-            if available < length:
-                raise DataError(
-                    f"evaluation text has {available:,} usable tokens, less than one window of eval length {length}"
-                )
-    metrics["data"] = {
-        "source": data_source.describe(),
-        "train_tokens": len(train_stream),
-        "test_tokens": len(test_stream),
-        "calibration_windows": {role: list(w.shape) for role, w in windows.items()},
-        "eval_lengths": eval_lengths,
-    }
+        data = _load_data(cfg, model_source, data_source, model_config, lengths, (importance, layer_method), metrics)
 
+    # 2. The dense model: load, evaluate (cached across jobs), downstream tasks.
     with recorder.phase("load_model"):
         model = model_source.load()
     shape = model_shape(model)
     total_before = sum(p.numel() for p in model.parameters())
+    model_id = fingerprint(model) if (cfg.eval.cache_before or cfg.eval.importance_accuracy or tasks) else None
+    stream_id = tensor_digest(data.test_stream) if model_id else None
 
     def evaluate(tag: str) -> dict:
-        return evaluate_lengths(model, test_stream, eval_lengths, cfg.eval.batch_size, eval_max_tokens, progress, tag)
+        return evaluate_lengths(model, data.test_stream, data.lengths, cfg.eval.batch_size, data.max_tokens, progress, tag)
 
-    model_id = fingerprint(model) if (cfg.eval.cache_before or cfg.eval.importance_accuracy or tasks) else None
-    stream_id = tensor_digest(test_stream) if model_id else None
-    with recorder.phase("eval_before"):
-        if cfg.eval.cache_before:
-            key = {"model": model_id, "tokens": stream_id, "lengths": eval_lengths, "max_tokens": eval_max_tokens}
-            before, metrics["eval_before_cached"] = cached(cfg.cache_dir, "eval_before", key, lambda: evaluate("before"))
-        else:
-            before = evaluate("before")
     def downstream(tag: str) -> dict:
         from prune.downstream import evaluate_tasks
 
         e = cfg.eval
-        return evaluate_tasks(model, tokenizer, tasks, e.tasks_batch_size, e.tasks_limit, None, task_dirs or None, e.tasks_fewshot)
+        return evaluate_tasks(model, data.tokenizer, tasks, e.tasks_batch_size, e.tasks_limit, None, task_dirs or None, e.tasks_fewshot)
 
+    with recorder.phase("eval_before"):
+        if cfg.eval.cache_before:
+            key = {"model": model_id, "tokens": stream_id, "lengths": data.lengths, "max_tokens": data.max_tokens}
+            before, metrics["eval_before_cached"] = cached(cfg.cache_dir, "eval_before", key, lambda: evaluate("before"))
+        else:
+            before = evaluate("before")
     tasks_before = None
     if tasks and cfg.eval.tasks_before:
         with recorder.phase("tasks_before"):
@@ -289,7 +277,8 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
                    "task_dirs": task_dirs}
             tasks_before, _ = cached(cfg.cache_dir, "tasks_before", key, lambda: downstream("before"))
 
-    calibration = Calibration(windows, cfg.batch_size, seed=cfg.seed, progress=progress)
+    # 3. Importance (group scores and/or layer scores), and how accurate it is.
+    calibration = Calibration(data.windows, cfg.batch_size, seed=cfg.seed, progress=progress)
     with recorder.phase("importance"):
         result: ImportanceResult = importance.score(model, calibration)
     if layer_method is not None:
@@ -301,8 +290,10 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
     if cfg.eval.importance_accuracy and result.scores is not None:
         with recorder.phase("ground_truth"):
             metrics["importance_accuracy"] = _importance_accuracy(
-                cfg, model, test_stream, eval_lengths, result, model_id, stream_id, progress
+                cfg, model, data.test_stream, data.lengths, result, model_id, stream_id, progress
             )
+
+    # 4. Prune, evaluate again, save.
     with recorder.phase("pruning"):
         plan = strategy.plan(result.scores, shape, result.layer_scores)
         apply_plan(model, plan)
@@ -310,16 +301,57 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
         after = evaluate("after")
     if tasks:
         with recorder.phase("tasks_after"):
-            tasks_after = downstream("after")
-        metrics["downstream"] = {"before": tasks_before, "after": tasks_after}
-        for tag, res in (("acc_before", tasks_before), ("acc_after", tasks_after)):
-            if res:
-                metrics[tag] = {**{name: r["value"] for name, r in res["tasks"].items()}, "mean": res["mean"]}
+            metrics["downstream"] = {"before": tasks_before, "after": downstream("after")}
+    if cfg.save_model:
+        from prune.checkpoint import save_pruned
+
+        with recorder.phase("save"):
+            metrics["pruned_model_dir"] = str(save_pruned(model, data.tokenizer, out / "pruned_model"))
+    else:
+        metrics["pruned_model_dir"] = None
+
+    # 5. Record: metrics, plan, scores, plots, W&B.
+    _record(cfg, out, metrics, tracker, model, shape, total_before, before, after, result, plan)
+
+
+def _load_data(cfg, model_source, data_source, model_config, lengths, methods, metrics) -> EvalData:
+    """Tokenize both splits, draw the calibration windows, and refuse text too short for the run."""
+    tokenizer = model_source.tokenizer()
+    train_stream = _tokenize_split(data_source, "train", tokenizer, cfg.seed)
+    test_stream = _tokenize_split(data_source, "test", tokenizer, cfg.seed)
+    roles = {m.uses for m in methods if m is not None and m.uses}
+    windows = {
+        role: calibration_windows(
+            train_stream, lengths[role][0], lengths[role][1], cfg.seed, cfg.calibration_block,
+            what=f"calibration text ({data_source.describe()}, train split)",
+        )
+        for role in roles
+    }
+    eval_lengths = effective_lengths(cfg.eval.lengths, max_positions(model_config))
+    eval_max_tokens = _min_or_none(cfg.eval.max_tokens, getattr(data_source, "eval_max_tokens", None))
+    available = len(test_stream) if eval_max_tokens is None else min(len(test_stream), eval_max_tokens)
+    for length in eval_lengths:  # refuse now, not after the importance pass
+        if available < length:
+            raise DataError(f"evaluation text has {available:,} usable tokens, less than one window of eval length {length}")
+    metrics["data"] = {
+        "source": data_source.describe(),
+        "train_tokens": len(train_stream),
+        "test_tokens": len(test_stream),
+        "calibration_windows": {role: list(w.shape) for role, w in windows.items()},
+        "eval_lengths": eval_lengths,
+    }
+    return EvalData(tokenizer, windows, test_stream, eval_lengths, eval_max_tokens)
+
+
+def _record(cfg, out: Path, metrics: dict, tracker, model, shape, total_before: int, before: dict, after: dict, result, plan) -> None:
     total_after = sum(p.numel() for p in model.parameters())
     prunable_after = model_shape(model).prunable_params
-
     kept = plan.kept_table(shape)
     rows = per_layer_rows(result.grad_stats, kept, result.layer_scores)
+    for tag, res in (("acc_before", (metrics.get("downstream") or {}).get("before")),
+                     ("acc_after", (metrics.get("downstream") or {}).get("after"))):
+        if res:
+            metrics[tag] = {**{name: r["value"] for name, r in res["tasks"].items()}, "mean": res["mean"]}
     metrics.update(
         {
             "ppl_before": {str(k): v["ppl"] for k, v in before.items()},
@@ -347,15 +379,6 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
         out / "plan.json",
         {**plan.to_dict(), "dense_counts": {ATTENTION: shape.group_counts(ATTENTION), MLP: shape.group_counts(MLP)}},
     )
-
-    if cfg.save_model:
-        from prune.checkpoint import save_pruned
-
-        with recorder.phase("save"):
-            metrics["pruned_model_dir"] = str(save_pruned(model, tokenizer, out / "pruned_model"))
-    else:
-        metrics["pruned_model_dir"] = None
-
     images = _plots(out, rows, kept, result.grad_stats, run_name(cfg), metrics.get("layer_scores"))
     metrics["plots"] = images
     _log(tracker, metrics, rows, images)

@@ -120,7 +120,7 @@ class Report:
     def series_label(self, key: tuple) -> str:
         if not self.series_keys:
             return "all jobs"
-        return ", ".join(f"{k}={v}" for k, v in zip(self.series_keys, key))
+        return ", ".join(f"{k}={'off' if v is None else v}" for k, v in zip(self.series_keys, key))
 
     def by_x(self, jobs: list[dict]) -> dict:
         out: dict = {}
@@ -215,7 +215,7 @@ class Report:
             ax.set_title(f"eval window {length} tokens (mean ± sd over seeds)", fontsize=9)
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=7)
-        self._save(fig, "ppl_vs_seq_len.png")
+        self._save(fig, "ppl_after.png")
 
     def _layer_curves(self, name: str, title: str, panels: list[tuple[str, str, str]], logy: bool) -> None:
         """One figure per series: per-layer curves, one line per x value (averaged over seeds)."""
@@ -399,8 +399,8 @@ class Report:
                         i, k = xi.index(ref), xi.index(other)
                         between, within = m[i][k], statistics.fmean(v for v in (m[i][i], m[k][k]) if not math.isnan(v)) if not (math.isnan(m[i][i]) and math.isnan(m[k][k])) else float("nan")
                         judged = "no seed repeats to compare with" if math.isnan(within) else (
-                            "lower than between seeds: the length changes which groups are pruned beyond seed noise"
-                            if between < within - 0.05 else "about as high as between seeds: the length does not change the decisions beyond seed noise")
+                            f"lower than between seeds: {self.x_key} changes which groups are pruned beyond seed noise"
+                            if between < within - 0.05 else f"about as high as between seeds: {self.x_key} does not change the decisions beyond seed noise")
                         lines.append(f"- [{label}] removed {block} groups, {self.x_key} {ref} vs {other}: Jaccard {between:.2f} "
                                      f"vs {within:.2f} between seeds at the same {self.x_key} — {judged}.")
         return lines
@@ -437,7 +437,7 @@ class Report:
         lines += verdict_lines or ["- nothing to compare (a single condition)."]
         lines += ["", "## Perplexity", "", self._ppl_table(), ""]
         captions = {
-            "ppl_vs_seq_len.png": "Perplexity after pruning (mean ± sd over seeds); dashed: before pruning.",
+            "ppl_after.png": "Perplexity after pruning (mean ± sd over seeds); dashed: before pruning.",
             "importance_accuracy.png": "Spearman correlation of each run's group scores with the true loss increase of removing that group alone (held-out text).",
             "overlap.png": "Overlap (Jaccard) of the sets of removed groups: off-diagonal between settings, diagonal between seeds of one setting (the noise floor).",
             "grad_by_layer.png": "Per-layer mean and std of |gradient| over the prunable weights, and the coefficient of variation of the per-batch mean across batches.",
@@ -465,7 +465,8 @@ class Report:
                 for length in lengths:
                     m, sd, _ = mean_sd([j["metrics"]["ppl_after"].get(length) for j in group])
                     cells.append(f"{m:.4g} ± {sd:.2g}" if not math.isnan(sd) else f"{m:.4g}")
-                rows.append(f"| {' | '.join(str(v) for v in key)}{' | ' if key else ''}{x} | {len(group)} | " + " | ".join(cells) + " |")
+                shown = ["off" if v is None else str(v) for v in key]
+                rows.append(f"| {' | '.join(shown)}{' | ' if key else ''}{x} | {len(group)} | " + " | ".join(cells) + " |")
         before = {l: mean_sd([j["metrics"]["ppl_before"].get(l) for j in self.ok])[0] for l in lengths}
         rows.append("")
         rows.append("Before pruning: " + ", ".join(f"PPL@{l} = {v:.4g}" for l, v in before.items()))

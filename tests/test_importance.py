@@ -117,7 +117,7 @@ def test_second_order_term_changes_when_only_the_first_batch_changes():
     model, x = tiny_model(), windows()
     other = x.clone()
     other[:2] = windows(seed=99, n=2)
-    for fisher in ("batch", "sample", "exact"):
+    for fisher in ("batch", "sample", "exact", "token"):
         a = gradient_pass(model, x, 2, fisher=fisher, progress=False).second_moment
         b = gradient_pass(model, other, 2, fisher=fisher, progress=False).second_moment
         assert (a.flat("attention") - b.flat("attention")).abs().max() > 1e-3 * a.flat("attention").abs().max(), fisher
@@ -221,3 +221,11 @@ def test_model_shape_reports_groups():
     shape = model_shape(tiny_model())
     assert [s.num_kv_heads for s in shape.layers] == [2, 2, 2]
     assert shape.heads_per_group == 2
+
+
+def test_token_fisher_is_the_sample_estimate_times_scored_tokens():
+    model, x = tiny_model(), windows()
+    sample = gradient_pass(model, x, 2, fisher="sample", progress=False).second_moment
+    token = gradient_pass(model, x, 2, fisher="token", progress=False).second_moment
+    for a, b in zip(sample.attention + sample.mlp, token.attention + token.mlp):
+        torch.testing.assert_close(b, a * (L - 1), rtol=1e-5, atol=1e-12)
