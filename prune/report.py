@@ -457,19 +457,27 @@ class Report:
 
     def _ppl_table(self) -> str:
         lengths = self.eval_lengths()
-        header = f"| {' | '.join(self.series_keys + [self.x_key])} | n | " + " | ".join(f"PPL@{l} after" for l in lengths) + " |"
-        rows = [header, "|" + "---|" * (len(self.series_keys) + 2 + len(lengths))]
+        with_acc = any((j["metrics"].get("acc_after") or {}).get("mean") is not None for j in self.ok)
+        header = f"| {' | '.join(self.series_keys + [self.x_key])} | n | " + " | ".join(f"PPL@{l} after" for l in lengths)
+        header += " | mean task accuracy after |" if with_acc else " |"
+        rows = [header, "|" + "---|" * (len(self.series_keys) + 2 + len(lengths) + int(with_acc))]
         for key, jobs in self.series().items():
             for x, group in self.by_x(jobs).items():
                 cells = []
                 for length in lengths:
                     m, sd, _ = mean_sd([j["metrics"]["ppl_after"].get(length) for j in group])
                     cells.append(f"{m:.4g} ± {sd:.2g}" if not math.isnan(sd) else f"{m:.4g}")
+                if with_acc:
+                    m, sd, _ = mean_sd([(j["metrics"].get("acc_after") or {}).get("mean") for j in group])
+                    cells.append(f"{m:.3f} ± {sd:.2g}" if not math.isnan(sd) else f"{m:.3f}")
                 shown = ["off" if v is None else str(v) for v in key]
                 rows.append(f"| {' | '.join(shown)}{' | ' if key else ''}{x} | {len(group)} | " + " | ".join(cells) + " |")
         before = {l: mean_sd([j["metrics"]["ppl_before"].get(l) for j in self.ok])[0] for l in lengths}
         rows.append("")
-        rows.append("Before pruning: " + ", ".join(f"PPL@{l} = {v:.4g}" for l, v in before.items()))
+        line = "Before pruning: " + ", ".join(f"PPL@{l} = {v:.4g}" for l, v in before.items())
+        if with_acc:
+            line += f", mean task accuracy = {mean_sd([(j['metrics'].get('acc_before') or {}).get('mean') for j in self.ok])[0]:.3f}"
+        rows.append(line)
         return "\n".join(rows)
 
     def build(self, log_wandb: bool = True) -> Path:

@@ -118,3 +118,21 @@ def test_unavailable_task_is_refused_before_the_model_loads(tiny_testbed, tmp_pa
         run_job(cfg, tmp_path)
     assert "\n" not in str(info.value)
     assert "load_model" not in json.loads((tmp_path / "metrics.json").read_text())["timings"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["pruning=depth", "importance=layer", "pruning.keep_first=0", "pruning.keep_last=0"],
+    ["pruning=depth", "importance=block", "pruning.unit=block", "pruning.keep_first=0", "pruning.keep_last=0"],
+    ["pruning=depth", "importance=angular", "pruning.keep_first=0", "pruning.keep_last=0"],
+    ["pruning=layer_weighted"],
+    ["pruning=hybrid", "pruning.keep_first=0", "pruning.keep_last=0", "pruning.depth_share=0.3", "pruning.ratio=0.6"],
+    ["importance=wanda"],
+], ids=["depth-layer", "depth-block", "depth-angular", "layer_weighted", "hybrid", "wanda"])
+def test_depth_and_width_strategies_on_the_testbed(tiny_testbed, tmp_path, overrides):
+    from prune.checkpoint import load_pruned
+
+    metrics = run_job(compose_config(*FAST, "logger=none", *overrides), tmp_path)
+    model = load_pruned(metrics["pruned_model_dir"])
+    assert sum(p.numel() for p in model.parameters()) == metrics["params_after"]
+    assert metrics["prunable_ratio_removed"] >= 0.3 - 1e-9
+    assert model.config.num_hidden_layers == len([k for k in metrics["kept"] if not k["removed"]])
