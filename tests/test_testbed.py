@@ -1,4 +1,6 @@
 """The testbed corpus has the long-range structure it promises; the trained model uses it (slow)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -38,6 +40,34 @@ def test_train_and_test_splits_are_disjoint_and_cached(tmp_path):
     train, test = load_split_texts(spec, tmp_path, "train"), load_split_texts(spec, tmp_path, "test")
     assert len(train) == 4 and len(test) == 2 and not set(train) & set(test)
     assert ensure_data(CorpusSpec(train_docs=5, test_docs=2, doc_tokens=256), tmp_path) != folder
+
+
+def test_a_cache_dir_with_tilde_lands_in_the_home_folder(tmp_path, monkeypatch):
+    """The default cache_dir is "~/.cache/prune-lab": the whole build must go to $HOME, none to a "./~"."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    spec = CorpusSpec(train_docs=2, test_docs=1, doc_tokens=128)
+    folder = ensure_data(spec, "~/plc")
+    assert folder.is_relative_to(home / "plc") and (folder / "DONE").exists()
+    assert len(load_split_texts(spec, "~/plc", "test")) == 1
+    assert list(cwd.iterdir()) == []
+
+
+def test_a_failed_build_leaves_no_half_built_folder(tmp_path, monkeypatch):
+    import datasets
+
+    def broken_save(self, path, *args, **kwargs):  # writes part of the data, then fails
+        Path(path).mkdir(parents=True)
+        (Path(path) / "part-0.arrow").write_bytes(b"x")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ensure_data(CorpusSpec(train_docs=2, test_docs=1, doc_tokens=128), tmp_path)
+    leftovers = [p.name for p in (tmp_path / "testbed").iterdir() if not p.name.endswith(".lock")]
+    assert leftovers == []
 
 
 def test_unknown_testbed_settings_are_refused():

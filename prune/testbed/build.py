@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -106,12 +107,18 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _testbed_root(cache_dir: str | os.PathLike) -> Path:
+    # Expand "~" here, once: `datasets` expands it on its own while pathlib does not, so an unexpanded
+    # path would split one build between the home folder and a literal "./~" folder.
+    return Path(cache_dir).expanduser() / "testbed"
+
+
 def data_dir(spec: CorpusSpec, cache_dir: str | os.PathLike) -> Path:
-    return Path(cache_dir) / "testbed" / f"data-{_digest([BUILD_VERSION, asdict(spec)])}"
+    return _testbed_root(cache_dir) / f"data-{_digest([BUILD_VERSION, asdict(spec)])}"
 
 
 def model_dir(spec: TestbedSpec, cache_dir: str | os.PathLike) -> Path:
-    return Path(cache_dir) / "testbed" / f"model-{_digest([BUILD_VERSION, asdict(spec)])}"
+    return _testbed_root(cache_dir) / f"model-{_digest([BUILD_VERSION, asdict(spec)])}"
 
 
 def _locked_build(target: Path, build) -> Path:
@@ -125,11 +132,13 @@ def _locked_build(target: Path, build) -> Path:
         if (target / "DONE").exists():
             return target
         tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-        build(tmp)
-        (tmp / "DONE").write_text(time.strftime("%Y-%m-%d %H:%M:%S"))
+        try:
+            build(tmp)
+            (tmp / "DONE").write_text(time.strftime("%Y-%m-%d %H:%M:%S"))
+        except BaseException:  # leave nothing half-built behind, also on Ctrl-C
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if target.exists():  # a previous build died half-way
-            import shutil
-
             shutil.rmtree(target)
         tmp.rename(target)
     return target
