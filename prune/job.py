@@ -22,7 +22,7 @@ from prune.cache import cached, fingerprint, tensor_digest
 from prune.data import DataError, calibration_windows, tokenize_documents
 from prune.evaluate import effective_lengths, evaluate_lengths
 from prune.importance import Calibration, ImportanceResult
-from prune.models import max_positions, resolve_device
+from prune.models import max_positions, resolve_device, resolve_dtype
 from prune.profiling import PhaseRecorder
 from prune.pruning import PruningError, apply_plan
 from prune.structure import ATTENTION, MLP, UnsupportedModelError, model_shape, shape_from_config
@@ -37,12 +37,22 @@ class ConfigError(ValueError):
 
 
 def config_digest(cfg: DictConfig) -> str:
-    """Hash of every setting that can change a job's result (not ``force``, ``progress``, logging)."""
+    """Hash of every setting that can change a job's result (not ``force``, ``progress``, logging).
+
+    ``device`` / ``dtype`` ``auto`` enter as what they resolve to here, so a sweep resumed on a GPU does not
+    take the jobs finished on a CPU (fp32) as its own (bf16).
+    """
     import hashlib
 
     data = OmegaConf.to_container(cfg, resolve=True)
     for key in ("force", "progress", "logger"):
         data.pop(key, None)
+    model = data.get("model")
+    if isinstance(model, dict):
+        model.pop("progress", None)
+        device = resolve_device(model.get("device", "auto"))
+        model["device"] = str(device)
+        model["dtype"] = str(resolve_dtype(model.get("dtype", "auto"), device))
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -172,11 +182,14 @@ def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> d
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    metrics: dict = {"status": "running", "run": _run_info(cfg), "output_dir": str(out), "config_digest": config_digest(cfg)}
-    tracker = instantiate(cfg.logger)
-    recorder = PhaseRecorder(resolve_device(cfg.model.get("device", "auto")))
-    ok = False
+    metrics: dict = {"status": "running", "output_dir": str(out)}
+    # Replace whatever an earlier run left here at once: a job killed from now on reads as unfinished.
+    _write_json(out / "metrics.json", metrics)
+    tracker, recorder, ok = None, None, False
     try:
+        metrics.update(run=_run_info(cfg), config_digest=config_digest(cfg))
+        recorder = PhaseRecorder(resolve_device(cfg.model.get("device", "auto")))
+        tracker = instantiate(cfg.logger)
         tracker.start(OmegaConf.to_container(cfg, resolve=True), run_name(cfg), group, "prune", str(out))
         _pipeline(cfg, out, metrics, recorder, tracker)
         ok = True
@@ -187,14 +200,15 @@ def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> d
         metrics["traceback"] = traceback.format_exc()
         raise
     finally:
-        metrics["timings"] = {**recorder.timings, "total": time.time() - started}
-        metrics["peak_memory_mb"] = dict(recorder.peak_memory_mb)
-        metrics["memory_kind"] = recorder.memory_kind
+        metrics["timings"] = {**(recorder.timings if recorder else {}), "total": time.time() - started}
+        metrics["peak_memory_mb"] = dict(recorder.peak_memory_mb) if recorder else {}
+        metrics["memory_kind"] = recorder.memory_kind if recorder else None
         _write_json(out / "metrics.json", metrics)
-        try:
-            tracker.summary({"status": metrics["status"], **{f"time/{k}": v for k, v in metrics["timings"].items()}})
-        finally:
-            tracker.finish(ok)
+        if tracker is not None:
+            try:
+                tracker.summary({"status": metrics["status"], **{f"time/{k}": v for k, v in metrics["timings"].items()}})
+            finally:
+                tracker.finish(ok)
     return metrics
 
 
@@ -403,7 +417,6 @@ def _importance_accuracy(cfg, model, test_stream, eval_lengths, result, model_id
 
 def _announce_memory(cfg: DictConfig, model_config, lengths: dict, importance, metrics: dict) -> None:
     from prune.memory import describe, estimate_bytes
-    from prune.models import resolve_dtype
 
     device = resolve_device(cfg.model.get("device", "auto"))
     dtype = resolve_dtype(cfg.model.get("dtype", "auto"), device)

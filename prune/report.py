@@ -36,11 +36,28 @@ LABELS = {
 
 
 # ------------------------------------------------------------------------------------------- loading
-def load_jobs(sweep_dir: Path) -> list[dict]:
-    """Every job folder under ``sweep_dir`` (its ``metrics.json``, ``plan.json`` and overrides)."""
-    jobs = []
+# command-line keys that never define a condition (seeds are repeats; the rest do not change results)
+NOT_CONDITIONS = ("seed", "force", "progress", "experiment")
+
+
+def load_jobs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
+    """The job folders of the sweep's latest launch (their ``metrics.json``, ``plan.json``, overrides).
+
+    A sweep folder can hold folders of an earlier, larger launch (experiments use a fixed folder, and
+    Hydra numbers jobs by their position in the sweep). Hydra rewrites ``multirun.yaml`` when a launch
+    starts and every job's ``.hydra/`` when the job starts (also when it is skipped as finished), so a
+    folder whose ``.hydra/`` is older than ``multirun.yaml`` is not part of the latest launch: it is left
+    out, and its name is returned as the second value.
+    """
+    launch = sweep_dir / "multirun.yaml"
+    launched = launch.stat().st_mtime if launch.exists() else None
+    jobs, stale = [], []
     for metrics_path in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: _natural(p.parent.name)):
         folder = metrics_path.parent
+        job_config = folder / ".hydra" / "overrides.yaml"
+        if launched is not None and job_config.exists() and job_config.stat().st_mtime < launched:
+            stale.append(folder.name)
+            continue
         try:
             metrics = json.loads(metrics_path.read_text())
         except json.JSONDecodeError:
@@ -50,8 +67,26 @@ def load_jobs(sweep_dir: Path) -> list[dict]:
         if overrides_path.exists():
             overrides = [line[2:].strip() for line in overrides_path.read_text().splitlines() if line.startswith("- ")]
         plan = json.loads((folder / "plan.json").read_text()) if (folder / "plan.json").exists() else None
-        jobs.append({"folder": folder.name, "metrics": metrics, "overrides": overrides, "plan": plan})
-    return jobs
+        jobs.append({"folder": folder.name, "metrics": metrics, "overrides": overrides,
+                     "override_values": override_values(overrides), "plan": plan})
+    return jobs, stale
+
+
+def override_values(overrides: list[str]) -> dict:
+    """``["seq_len=128", "+data.x=a"]`` -> ``{"seq_len": 128, "data.x": "a"}`` (values parsed as YAML)."""
+    import yaml
+
+    values = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            continue
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        values[key.lstrip("+~")] = parsed
+    return values
 
 
 def _natural(name: str):
@@ -59,11 +94,25 @@ def _natural(name: str):
 
 
 def setting(job: dict, key: str):
-    return job["metrics"].get("run", {}).get(key)
+    run = job["metrics"].get("run", {})
+    return run[key] if key in run else job.get("override_values", {}).get(key)
+
+
+def _partition(jobs: list[dict], keys: list[str]) -> set:
+    return {tuple(json.dumps(setting(j, k), default=str) for k in keys) for j in jobs}
 
 
 def varying_keys(jobs: list[dict]) -> list[str]:
-    return [k for k in KEYS if len({json.dumps(setting(j, k)) for j in jobs}) > 1]
+    """The settings that tell the sweep's conditions apart: the known ``KEYS`` that vary, then any other
+    command-line key that varies and splits the jobs further (e.g. ``importance.fisher``,
+    ``lengths.layer``); a key that only renames a split already made (``budget`` next to
+    ``token_budget``) is left out."""
+    keys = [k for k in KEYS if len(_partition(jobs, [k])) > 1]
+    extra = sorted({k for j in jobs for k in j.get("override_values", {})} - set(KEYS) - set(NOT_CONDITIONS))
+    for key in extra:
+        if len(_partition(jobs, keys + [key])) > len(_partition(jobs, keys)):
+            keys.append(key)
+    return keys
 
 
 def condition_of(job: dict, keys: list[str]) -> tuple:
@@ -103,7 +152,7 @@ def welch_p(a: list[float], b: list[float]) -> float:
 class Report:
     def __init__(self, sweep_dir: str | Path):
         self.dir = Path(sweep_dir)
-        self.jobs = load_jobs(self.dir)
+        self.jobs, self.stale = load_jobs(self.dir)
         self.ok = [j for j in self.jobs if j["metrics"].get("status") == "ok"]
         varying = varying_keys(self.ok or self.jobs)
         self.x_key = "seq_len" if "seq_len" in varying else (varying[0] if varying else "seq_len")
@@ -399,8 +448,10 @@ class Report:
                         i, k = xi.index(ref), xi.index(other)
                         between, within = m[i][k], statistics.fmean(v for v in (m[i][i], m[k][k]) if not math.isnan(v)) if not (math.isnan(m[i][i]) and math.isnan(m[k][k])) else float("nan")
                         judged = "no seed repeats to compare with" if math.isnan(within) else (
-                            f"lower than between seeds: {self.x_key} changes which groups are pruned beyond seed noise"
-                            if between < within - 0.05 else f"about as high as between seeds: {self.x_key} does not change the decisions beyond seed noise")
+                            f"lower than between seeds by more than 0.05 (a fixed margin, not a test): {self.x_key} "
+                            "changes which groups are pruned beyond seed noise"
+                            if between < within - 0.05 else f"within 0.05 of the overlap between seeds: {self.x_key} "
+                            "does not change the decisions beyond seed noise")
                         lines.append(f"- [{label}] removed {block} groups, {self.x_key} {ref} vs {other}: Jaccard {between:.2f} "
                                      f"vs {within:.2f} between seeds at the same {self.x_key} — {judged}.")
         return lines
@@ -411,9 +462,12 @@ class Report:
         diff = mb - ma
         rel = 100 * diff / ma if ma else float("nan")
         spread = max(v for v in (sa, sb, 0.0) if not math.isnan(v))
-        p = welch_p(a, b)
+        # a t-test on two constant samples reports p = 0: with no noise there is nothing to test against
+        p = welch_p(a, b) if spread > 0 else float("nan")
         if na < 2 or nb < 2:
             judged = "no seed repeats: cannot be judged against noise"
+        elif spread == 0:
+            judged = "every seed gives the same value (a deterministic criterion): no seed noise to judge it against"
         elif abs(diff) > 2 * spread and (math.isnan(p) or p < 0.05):
             better = (diff < 0) == lower_is_better
             judged = f"exceeds seed-to-seed spread ({self.x_key}={other if better else ref} is better)"
@@ -429,6 +483,9 @@ class Report:
         lines = [f"# Sweep report: {self.dir.name}", ""]
         lines.append(f"{len(self.jobs)} jobs: {len(self.ok)} ok, {len(failed)} failed. Varying: "
                      f"{', '.join([self.x_key] + self.series_keys) or 'nothing'} (seeds are repeats of one condition).")
+        if self.stale:
+            lines.append(f"Left out: job folder(s) {', '.join(self.stale)}, from an earlier launch into this folder "
+                         "(older than its multirun.yaml).")
         if self.ok:
             first = self.ok[0]["metrics"]["run"]
             fixed = {k: first.get(k) for k in KEYS if k not in [self.x_key] + self.series_keys}

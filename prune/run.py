@@ -86,12 +86,13 @@ def main(cfg: DictConfig) -> float | None:
     out_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     group = Path(hydra_cfg.sweep.dir).name if multirun else None
-    finished = already_finished(out_dir, cfg)
-    if finished is not None and not cfg.force:
-        log.info("skipping %s: it already finished (status ok) with the same config; force=true re-runs it", out_dir)
-        return next(iter(finished.get("ppl_after", {}).values()), None)
     try:
+        finished = None if cfg.force else already_finished(out_dir, cfg)
+        if finished is not None:
+            log.info("skipping %s: it already finished (status ok) with the same config; force=true re-runs it", out_dir)
+            return next(iter(finished.get("ppl_after", {}).values()), None)
         metrics = run_job(cfg, out_dir, group=group)
+        _print_summary(metrics)
     except USER_ERRORS as exc:
         log.error("error: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         if multirun:
@@ -102,9 +103,7 @@ def main(cfg: DictConfig) -> float | None:
         if multirun:
             return None
         raise
-    _print_summary(metrics)
-    first = next(iter(metrics["ppl_after"].values()), None)
-    return first
+    return next(iter(metrics["ppl_after"].values()), None)
 
 
 if __name__ == "__main__":

@@ -92,3 +92,14 @@ def test_seq_len_above_max_positions_is_refused_before_any_work():
     assert out.returncode == 2
     assert "exceeds the model's max_position_embeddings (1024)" in out.stderr
     assert "Training the testbed" not in out.stderr
+
+
+def test_the_resume_digest_ignores_display_settings_but_not_precision():
+    from prune.job import config_digest
+
+    default = config_digest(compose_config())
+    assert config_digest(compose_config("progress=false")) == default  # also copied into model.progress
+    assert config_digest(compose_config("logger=none", "force=true")) == default
+    assert config_digest(compose_config("model.dtype=float32")) == default  # what auto means on this CPU
+    assert config_digest(compose_config("model.dtype=bfloat16")) != default
+    assert config_digest(compose_config("seq_len=128")) != default

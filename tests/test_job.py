@@ -136,3 +136,29 @@ def test_depth_and_width_strategies_on_the_testbed(tiny_testbed, tmp_path, overr
     assert sum(p.numel() for p in model.parameters()) == metrics["params_after"]
     assert metrics["prunable_ratio_removed"] >= 0.3 - 1e-9
     assert model.config.num_hidden_layers == len([k for k in metrics["kept"] if not k["removed"]])
+
+
+def test_a_rerun_marks_the_folder_unfinished_before_any_work(tmp_path, monkeypatch):
+    """A job killed half-way must not leave an earlier run's `status: ok` behind (resume would skip it)."""
+    import prune.job
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "ok", "config_digest": "from-an-earlier-run"}))
+    seen = []
+
+    def pipeline(cfg, out, metrics, recorder, tracker):
+        seen.append(json.loads((out / "metrics.json").read_text())["status"])
+        raise KeyboardInterrupt  # as if killed
+
+    monkeypatch.setattr(prune.job, "_pipeline", pipeline)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(compose_config(*FAST, "logger=none"), tmp_path)
+    assert seen == ["running"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
+
+
+def test_a_setting_that_breaks_before_the_pipeline_is_still_recorded(tmp_path):
+    cfg = compose_config(*FAST, "logger=none", "token_budget=4096", "seq_len=0")
+    with pytest.raises(Exception):
+        run_job(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["error"]

@@ -114,3 +114,50 @@ def test_70b_slurm_example_composes():
     assert cfg.model.device_map == "auto" and cfg.model.path == "meta-llama/Meta-Llama-3-70B"
     assert cfg.hydra.launcher.gpus_per_node == 8 and "Slurm" in cfg.hydra.launcher._target_
     assert cfg.importance.gradient_checkpointing is True
+
+
+def _job(run: dict, overrides: list[str]) -> dict:
+    from prune.report import override_values
+
+    return {"metrics": {"run": run, "status": "ok"}, "overrides": overrides, "override_values": override_values(overrides)}
+
+
+def test_any_swept_key_separates_conditions_but_seeds_and_renames_do_not():
+    from prune.report import condition_of, varying_keys
+
+    jobs = [
+        _job({"seq_len": L, "token_budget": 16384 if b == "tokens" else None, "seed": s},
+             [f"seq_len={L}", f"importance.fisher={f}", f"budget={b}", f"seed={s}"])
+        for L in (128, 512) for f in ("sample", "token") for b in ("samples", "tokens") for s in (0, 1)
+    ]
+    keys = varying_keys(jobs)
+    assert keys == ["seq_len", "token_budget", "importance.fisher"]  # not seed, not budget (= token_budget)
+    conditions = {condition_of(j, keys) for j in jobs}
+    assert len(conditions) == 8 and (512, None, "token") in conditions
+
+
+def test_a_verdict_without_seed_noise_says_so_instead_of_claiming_significance():
+    from types import SimpleNamespace
+
+    from prune.report import Report
+
+    line = Report._verdict(SimpleNamespace(x_key="seq_len"), "PPL", 128, 512, [3.9, 3.9, 3.9], [3.91, 3.91, 3.91], True)
+    assert "no seed noise" in line and "exceeds" not in line and "Welch" not in line
+    noisy = Report._verdict(SimpleNamespace(x_key="seq_len"), "PPL", 128, 512, [3.9, 3.95, 3.85], [3.5, 3.55, 3.45], True)
+    assert "exceeds seed-to-seed spread (seq_len=512 is better)" in noisy
+
+
+def test_a_smaller_relaunch_into_the_same_folder_reports_only_its_own_jobs(sweep, tmp_path):
+    import shutil
+
+    folder = tmp_path / "study"
+    shutil.copytree(sweep[0], folder)
+    # 2 of the 8 jobs: folder 0 holds the same job (skipped), folder 1 another one (re-run); 2-7 are stale
+    out = prune_run("experiment=seq_len_128_vs_512", *SMALL, "seed=0", "budget=samples",
+                    f"hydra.sweep.dir={folder}", "logger=none", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stderr.count("skipping") == 1
+    rows = list(csv.DictReader(open(folder / "summary.csv")))
+    assert sorted((r["seq_len"], r["seed"], r["token_budget"]) for r in rows) == [("128", "0", ""), ("512", "0", "")]
+    report = (folder / "report.md").read_text()
+    assert "Left out: job folder(s) 2, 3, 4, 5, 6, 7" in report and "2 jobs: 2 ok" in report

@@ -40,7 +40,7 @@ class HubSource:
     text_field: str = "text"
     join: str = "\n\n"
     bos_per_document: bool = False
-    max_documents: dict | None = None  # per role, e.g. {"train": 20000}; applied after a seeded shuffle
+    max_documents: dict | None = None  # per role, e.g. {"train": 20000}; applied after the shuffle
     shuffle_documents: bool = False
     revision: str | None = None
     load_kwargs: dict = field(default_factory=dict)
@@ -78,7 +78,9 @@ class HubSource:
                 "set data.text_field"
             )
         if self.shuffle_documents:
-            ds = ds.shuffle(seed=seed)
+            # Only calibration follows the run's seed: every run is evaluated on the same documents, so
+            # seed-to-seed spread is calibration noise alone (and the cached perplexity before stays valid).
+            ds = ds.shuffle(seed=seed if split == "train" else 0)
         limit = (self.max_documents or {}).get(split)
         if limit is not None:
             ds = ds.select(range(min(limit, len(ds))))

@@ -53,7 +53,13 @@ def calibration_windows(
     generator = torch.Generator().manual_seed(int(seed))
     chosen = torch.randperm(n_blocks, generator=generator)[:blocks_needed]
     blocks = stream[: n_blocks * block].view(n_blocks, block)[chosen]
-    return blocks.reshape(-1, seq_len)[:num_samples].clone()
+    windows = blocks.reshape(-1, seq_len)[:num_samples]
+    if block > seq_len:
+        # Shuffle the windows cut from one block apart: consecutive windows of one text in the same batch
+        # correlate their gradients, which biases the batch-based Fisher estimate (it assumes exchangeable
+        # sequences). The set of windows, and so the text at every length, stays the same.
+        windows = windows[torch.randperm(len(windows), generator=generator)]
+    return windows.clone()
 
 
 def evaluation_windows(stream: torch.Tensor, seq_len: int, max_tokens: int | None = None) -> torch.Tensor:
