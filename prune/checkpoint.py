@@ -39,4 +39,12 @@ def load_pruned(path: str | Path, **kwargs) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     modeling.register_auto_classes()
-    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    model, info = AutoModelForCausalLM.from_pretrained(str(path), output_loading_info=True, **kwargs)
+    # transformers fills a tensor missing from the checkpoint with fresh random values and only warns:
+    # a pruned model that reloads like that looks fine and is silently wrong, so refuse it here.
+    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
+    if problems:
+        detail = "; ".join(f"{k}: {sorted(map(str, v))[:3]}" for k, v in problems.items())
+        raise ValueError(f"{path} does not hold exactly the model's weights ({detail}); it was not written by save_pruned "
+                         "or has been altered")
+    return model

@@ -75,3 +75,15 @@ def test_loading_with_the_dense_class_fails_loudly(tmp_path):
 def test_no_code_path_uses_ignore_mismatched_sizes():
     offenders = [p for p in (REPO / "prune").rglob("*.py") if "ignore_mismatched_sizes=True" in p.read_text()]
     assert not offenders
+
+
+def test_a_folder_missing_a_weight_is_refused_not_reinitialised(tmp_path):
+    """transformers would fill the missing tensor with random values and only warn."""
+    from safetensors.torch import load_file, save_file
+
+    save_pruned(_pruned("llama"), None, tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    dropped = next(k for k in weights if k.endswith("layers.2.self_attn.o_proj.weight"))
+    save_file({k: v for k, v in weights.items() if k != dropped}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="missing_keys.*o_proj"):
+        load_pruned(tmp_path)
