@@ -1,7 +1,8 @@
 """Small on-disk caches keyed by content: results that are expensive and identical across sweep jobs.
 
-Keys hash the model's *fingerprint* (its config and a per-tensor checksum of every parameter, so a
-different or modified model never hits), the exact token ids, and every setting that changes the result.
+Keys hash the model's *fingerprint* (its config, and each parameter's dtype, device and sum and sum of
+squares, so a different, modified or differently placed model does not hit), the exact token ids, and
+every setting that changes the result.
 """
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from torch import nn
 
 
 def fingerprint(model: nn.Module) -> str:
+    """Config, attention kernel, and per parameter: name, shape, dtype, device type, sum and sum of squares."""
     h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    h.update(str(getattr(model.config, "_attn_implementation", None)).encode())
     with torch.no_grad():
         for name, p in model.named_parameters():
-            h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+            h.update(f"{name}{tuple(p.shape)}{p.dtype}{p.device.type}".encode())
             stats = torch.stack([p.double().sum(), p.double().square().sum()]).cpu().tolist()
             h.update(json.dumps(stats).encode())
     return h.hexdigest()[:16]

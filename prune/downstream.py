@@ -204,6 +204,16 @@ def _quiet_datasets():
 
 
 # --------------------------------------------------------------------------------------------- API
+def check_task_settings(batch_size, limit) -> None:
+    """Refuse a downstream batch size or item limit that lm-eval cannot take (one line, no model needed)."""
+    if isinstance(batch_size, bool) or not (
+        (isinstance(batch_size, int) and batch_size > 0) or (isinstance(batch_size, str) and batch_size.startswith("auto"))
+    ):
+        raise DownstreamError(f"eval.tasks_batch_size={batch_size} must be a positive integer or 'auto'")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise DownstreamError(f"eval.tasks_limit={limit} must be a positive integer or null")
+
+
 def check_tasks(tasks: list[str], local_task_dir: str | os.PathLike | list | None = None) -> None:
     """Refuse, in one line (``DownstreamError``, a ValueError), tasks that cannot run; cheap, no model needed.
 
@@ -282,12 +292,7 @@ def evaluate_tasks(
     """
     import torch
 
-    if isinstance(batch_size, bool) or not (
-        (isinstance(batch_size, int) and batch_size > 0) or (isinstance(batch_size, str) and batch_size.startswith("auto"))
-    ):
-        raise DownstreamError(f"downstream batch size {batch_size} must be a positive integer or 'auto'")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
-        raise DownstreamError(f"eval.tasks_limit={limit} must be a positive integer or null")
+    check_task_settings(batch_size, limit)
     manager, leaves = _resolve(tasks, local_task_dir)
     names = list(dict.fromkeys(n for group in leaves.values() for n in group))
     from lm_eval import simple_evaluate

@@ -284,12 +284,17 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
             before, metrics["eval_before_cached"] = cached(cfg.cache_dir, "eval_before", key, lambda: evaluate("before"))
         else:
             before = evaluate("before")
+    metrics["ppl_before"] = {str(k): v["ppl"] for k, v in before.items()}
     tasks_before = None
     if tasks and cfg.eval.tasks_before:
         with recorder.phase("tasks_before"):
-            key = {"model": model_id, "tasks": tasks, "limit": cfg.eval.tasks_limit, "fewshot": cfg.eval.tasks_fewshot,
-                   "task_dirs": task_dirs}
-            tasks_before, _ = cached(cfg.cache_dir, "tasks_before", key, lambda: downstream("before"))
+            if cfg.eval.cache_before:
+                key = {"model": model_id, "tokenizer": cfg.model.get("tokenizer_path"), "tasks": tasks,
+                       "limit": cfg.eval.tasks_limit, "fewshot": cfg.eval.tasks_fewshot,
+                       "batch_size": cfg.eval.tasks_batch_size, "task_dirs": task_dirs}
+                tasks_before, _ = cached(cfg.cache_dir, "tasks_before", key, lambda: downstream("before"))
+            else:
+                tasks_before = downstream("before")
 
     # 3. Importance (group scores and/or layer scores), and how accurate it is.
     calibration = Calibration(data.windows, cfg.batch_size, seed=cfg.seed, progress=progress)
@@ -313,6 +318,7 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
         apply_plan(model, plan)
     with recorder.phase("eval_after"):
         after = evaluate("after")
+    metrics["ppl_after"] = {str(k): v["ppl"] for k, v in after.items()}
     if tasks:
         with recorder.phase("tasks_after"):
             metrics["downstream"] = {"before": tasks_before, "after": downstream("after")}
@@ -347,6 +353,13 @@ def _load_data(cfg, model_source, data_source, model_config, lengths, methods, m
     for length in eval_lengths:  # refuse now, not after the importance pass
         if available < length:
             raise DataError(f"evaluation text has {available:,} usable tokens, less than one window of eval length {length}")
+    if cfg.eval.importance_accuracy:
+        length, budget = _ground_truth_length(cfg, eval_lengths), cfg.eval.ground_truth.max_tokens
+        if min(available if budget is None else budget, len(test_stream)) < length:
+            raise DataError(
+                f"eval.ground_truth.max_tokens={budget} leaves less than one window of its length {length} "
+                f"(text has {len(test_stream):,} tokens); raise it or set eval.ground_truth.length"
+            )
     metrics["data"] = {
         "source": data_source.describe(),
         "train_tokens": len(train_stream),
@@ -404,7 +417,7 @@ def _importance_accuracy(cfg, model, test_stream, eval_lengths, result, model_id
     from prune.ground_truth import importance_accuracy, removal_ground_truth
 
     gt = cfg.eval.ground_truth
-    length = min(int(gt.length or max(eval_lengths)), max(eval_lengths))
+    length = _ground_truth_length(cfg, eval_lengths)
     windows = evaluation_windows(test_stream, length, gt.max_tokens)
     key = {"model": model_id, "tokens": stream_id, "length": length, "max_tokens": gt.max_tokens,
            "mlp_sample": gt.mlp_sample, "seed": gt.seed}
@@ -413,6 +426,11 @@ def _importance_accuracy(cfg, model, test_stream, eval_lengths, result, model_id
         lambda: removal_ground_truth(model, windows, gt.mlp_sample, gt.seed, cfg.eval.batch_size, progress),
     )
     return {**importance_accuracy(result.scores, truth), "length": length, "tokens": int(windows.numel())}
+
+
+def _ground_truth_length(cfg: DictConfig, eval_lengths: list[int]) -> int:
+    """The window length of the removal ground truth: ``eval.ground_truth.length``, at most the longest eval length."""
+    return min(int(cfg.eval.ground_truth.length or max(eval_lengths)), max(eval_lengths))
 
 
 def _announce_memory(cfg: DictConfig, model_config, lengths: dict, importance, metrics: dict) -> None:
@@ -433,8 +451,9 @@ def _downstream_tasks(cfg: DictConfig, model_source) -> tuple[list[str], list[st
     tasks = [str(t) for t in (cfg.eval.get("tasks") or [])]
     if not tasks:
         return [], []
-    from prune.downstream import check_tasks
+    from prune.downstream import check_task_settings, check_tasks
 
+    check_task_settings(cfg.eval.tasks_batch_size, cfg.eval.tasks_limit)
     task_dirs = [os.path.expanduser(str(cfg.eval.task_dir))] if cfg.eval.get("task_dir") else []
     if hasattr(model_source, "spec"):  # the testbed: its own multiple-choice tasks, generated from the test split
         from prune.testbed.tasks import ensure_task_dir

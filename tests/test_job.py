@@ -120,6 +120,18 @@ def test_unavailable_task_is_refused_before_the_model_loads(tiny_testbed, tmp_pa
     assert "load_model" not in json.loads((tmp_path / "metrics.json").read_text())["timings"]
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["eval.tasks=[testbed_local]", "eval.tasks_limit=0"], "eval.tasks_limit=0 must be a positive integer"),
+    (["eval.tasks=[testbed_local]", "eval.tasks_batch_size=-1"], "eval.tasks_batch_size=-1 must be"),
+    (["eval.importance_accuracy=true", "eval.ground_truth.max_tokens=100"], "eval.ground_truth.max_tokens=100 leaves less"),
+], ids=["tasks_limit", "tasks_batch_size", "ground_truth_tokens"])
+def test_late_settings_are_refused_before_the_model_loads(tiny_testbed, tmp_path, overrides, message):
+    pytest.importorskip("lm_eval")
+    with pytest.raises(ValueError, match=message):
+        run_job(compose_config(*FAST, "logger=none", *overrides), tmp_path)
+    assert "load_model" not in json.loads((tmp_path / "metrics.json").read_text())["timings"]
+
+
 @pytest.mark.parametrize("overrides", [
     ["pruning=depth", "importance=layer", "pruning.keep_first=0", "pruning.keep_last=0"],
     ["pruning=depth", "importance=block", "pruning.unit=block", "pruning.keep_first=0", "pruning.keep_last=0"],

@@ -40,7 +40,7 @@ def calibration_windows(
     """
     block = block_len or seq_len
     if block % seq_len:
-        raise DataError(f"data.calibration_block={block} must be a multiple of seq_len={seq_len}")
+        raise DataError(f"calibration_block={block} must be a multiple of seq_len={seq_len}")
     needed = num_samples * seq_len
     n_blocks = len(stream) // block
     blocks_needed = math.ceil(needed / block)
