@@ -213,3 +213,35 @@ def test_width_multiple_rounds_kept_mlp_widths():
         removed = set(range(40)) - set(kept)
         if kept and removed:
             assert min(scores.mlp[layer][list(kept)]) >= max(scores.mlp[layer][list(removed)])
+
+
+def test_width_rounding_never_breaks_the_per_layer_cap():
+    model = tiny_model(intermediate_size=40)
+    shape = model_shape(model)
+    scores = build("magnitude").score(model, calib()).scores
+    cap = 0.5  # layer 1 ends at the cap; rounding its width down to a multiple of 16 would break it
+    plan = Global(ratio=0.3, width_multiple=16, max_layer_fraction=cap).plan(scores, shape)
+    for i in range(3):
+        removed = shape.layer_params(i)[ATTENTION] - len(plan.keep_attention[i]) * shape.attention_group_params
+        removed += shape.layer_params(i)[MLP] - len(plan.keep_mlp[i]) * shape.mlp_channel_params
+        assert removed <= cap * sum(shape.layer_params(i).values()) + 1e-9, i
+        assert len(plan.keep_mlp[i]) % 16 == 0 or len(plan.keep_mlp[i]) == 40
+
+
+def test_per_layer_normalization_keeps_the_order_of_negative_scores():
+    from prune.pruning.strategies import normalize_per_layer
+    from prune.structure import GroupScores
+
+    scores = GroupScores([torch.tensor([-3.0, -1.0, 2.0])], [torch.tensor([-0.5, -0.25])])
+    for how in ("mean", "max"):
+        out = normalize_per_layer(scores, how)
+        assert torch.equal(out.attention[0].argsort(), scores.attention[0].argsort())
+        assert torch.equal(out.mlp[0].argsort(), scores.mlp[0].argsort())
+        assert out.mlp[0].abs().max() < 10  # no division by a clamped, near-zero negative mean
+
+
+def test_uniform_refuses_a_ratio_above_the_layer_cap():
+    from prune.pruning import Uniform
+
+    with pytest.raises(PruningError, match="max_layer_fraction=0.2"):
+        Uniform(ratio=0.3, max_layer_fraction=0.2).check(model_shape(tiny_model()))

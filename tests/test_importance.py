@@ -195,6 +195,18 @@ def test_only_prunable_weights_get_gradients_and_flags_are_restored():
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("already_on", [False, True])
+def test_gradient_checkpointing_gives_the_same_scores_and_is_left_as_found(already_on):
+    model, x = tiny_model(), windows()
+    plain = run("taylor_2nd", model, x).scores
+    if already_on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed = run("taylor_2nd", model, x, gradient_checkpointing=True).scores
+    assert model.is_gradient_checkpointing == already_on and not model.training
+    for a, b in zip(plain.attention + plain.mlp, checkpointed.attention + checkpointed.mlp):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
+
+
 @pytest.mark.parametrize("fisher", ["sample", "batch"])
 def test_out_of_memory_splits_batches_without_changing_scores(fisher):
     model, x = tiny_model(), windows()

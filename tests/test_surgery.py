@@ -28,16 +28,27 @@ PLANS = {
 }
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+def _model(arch: str):
+    if arch != "llama_bias":
+        return tiny_model(arch)
+    model = tiny_model("llama", attention_bias=True, mlp_bias=True)  # every projection has a bias
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("arch", ARCHS + ["llama_bias"])
 @pytest.mark.parametrize("which", sorted(PLANS))
 def test_pruned_logits_equal_masked_dense(arch, which):
-    dense = tiny_model(arch)
+    dense = _model(arch)
     shape = model_shape(dense)
     plan = _plan(shape, *PLANS[which])
     x = _inputs()
     with torch.no_grad(), masked(dense, plan):
         expected = dense(input_ids=x).logits
-    pruned = tiny_model(arch)
+    pruned = _model(arch)
     apply_plan(pruned, plan)
     with torch.no_grad():
         got = pruned(input_ids=x).logits

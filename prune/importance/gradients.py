@@ -255,6 +255,7 @@ def gradient_pass(
     device = next(model.parameters()).device
     restarts = 0
     was_training = model.training
+    was_checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
@@ -285,7 +286,7 @@ def gradient_pass(
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
     finally:
-        if gradient_checkpointing:
+        if gradient_checkpointing and not was_checkpointing:
             model.gradient_checkpointing_disable()
         model.train(was_training)
     return GradientPass(

@@ -2,7 +2,8 @@
 
 ``ratio`` is always the fraction of *prunable* parameters (attention and MLP projections of the decoder
 layers) to remove. Groups, blocks and layers are discrete, so the achieved fraction overshoots the target
-by less than one unit's cost; the run reports the exact figure.
+by less than one unit's cost, and ``width_multiple`` rounding moves it by up to half a multiple of MLP
+channels per layer either way; the run reports the exact figure.
 
 Width strategies need group scores (``taylor_*``, ``magnitude``, ``random``, ``wanda``, ``removal``);
 ``depth`` needs layer or block scores (``layer``, ``block``, ``angular``, ``block_influence``);
@@ -37,7 +38,7 @@ def normalize_per_layer(scores: GroupScores, how: str) -> GroupScores:
 
     * ``none``: raw scores; right when the criterion is comparable across layers (Taylor scores estimate a
       loss change, so they are).
-    * ``mean`` / ``max``: divide by the layer's mean / max: each layer's groups compete relative to their own
+    * ``mean`` / ``max``: divide by the layer's mean / max magnitude: each layer's groups compete relative to their own
       layer; use it when raw scales differ by layer (magnitude, Wanda) and you want every layer pruned.
     * ``zscore``: subtract the layer mean and divide by its standard deviation: also equalises spread.
     """
@@ -49,10 +50,11 @@ def normalize_per_layer(scores: GroupScores, how: str) -> GroupScores:
     def norm(t: torch.Tensor) -> torch.Tensor:
         if t.numel() == 0:
             return t
+        # by magnitude: a layer whose scores are negative (removal can lower the loss) keeps its order
         if how == "mean":
-            return t / t.mean().clamp_min(1e-30)
+            return t / t.abs().mean().clamp_min(1e-30)
         if how == "max":
-            return t / t.max().clamp_min(1e-30)
+            return t / t.abs().max().clamp_min(1e-30)
         return (t - t.mean()) / t.std(unbiased=False).clamp_min(1e-30)
 
     return scores.map(norm)
@@ -152,7 +154,12 @@ class Strategy:
             if k == 0 or k == n or k % m == 0:
                 continue
             down, up = (k // m) * m, min(-(-k // m) * m, n)
-            goal = up if (up - k <= k - down or down == 0) else down
+            # rounding down must respect the minimum width and the per-layer cap; rounding up always does
+            removed_down = (shape.layers[layer].num_kv_heads - len(keep[ATTENTION][layer])) * shape.attention_group_params
+            removed_down += (n - down) * shape.mlp_channel_params
+            down_allowed = down >= max(self.min_mlp_channels, 1) and removed_down <= (
+                self.max_layer_fraction * sum(shape.layer_params(layer).values()) + 1e-9)
+            goal = up if (up - k <= k - down or not down_allowed) else down
             order = torch.argsort(scores.mlp[layer], descending=True, stable=True).tolist()
             if goal > k:  # restore the best removed channels
                 restore = [c for c in order if c not in kept][: goal - k]
@@ -203,6 +210,11 @@ class Uniform(Strategy):
     def check(self, shape: ModelShape) -> None:
         if not 0 < self.ratio < 1:
             raise PruningError(f"pruning.ratio={self.ratio} must lie strictly between 0 and 1")
+        if self.ratio > self.max_layer_fraction:
+            raise PruningError(
+                f"pruning=uniform removes pruning.ratio={self.ratio} of every layer, above "
+                f"pruning.max_layer_fraction={self.max_layer_fraction}; lower the ratio or raise the cap"
+            )
 
     def plan(self, scores: GroupScores, shape: ModelShape, layer_scores: dict | None = None) -> PruningPlan:
         self._require_groups(scores)

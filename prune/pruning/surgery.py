@@ -108,6 +108,9 @@ def masked(model: nn.Module, plan: PruningPlan):
 
         return hook
 
+    def zero_output(module, args, output):  # an emptied block adds nothing, not even its output bias
+        return torch.zeros_like(output)
+
     try:
         for i, layer in enumerate(decoder_layers(model)):
             if i in plan.removed_layers:
@@ -119,10 +122,14 @@ def masked(model: nn.Module, plan: PruningPlan):
                 if plan.keep_attention[i]:
                     mask[_rows_of_groups(plan.keep_attention[i], shape.head_dim * shape.heads_per_group, mask.device)] = 1
                 handles.append(layer.self_attn.o_proj.register_forward_pre_hook(zero_inputs(mask)))
+                if not plan.keep_attention[i]:
+                    handles.append(layer.self_attn.o_proj.register_forward_hook(zero_output))
             if len(plan.keep_mlp[i]) < s.intermediate_size:
                 mask = torch.zeros(s.intermediate_size, device=layer.mlp.down_proj.weight.device)
                 mask[plan.keep_mlp[i]] = 1
                 handles.append(layer.mlp.down_proj.register_forward_pre_hook(zero_inputs(mask)))
+                if not plan.keep_mlp[i]:
+                    handles.append(layer.mlp.down_proj.register_forward_hook(zero_output))
         yield model
     finally:
         for h in handles:
