@@ -219,7 +219,7 @@ def _run_info(cfg: DictConfig) -> dict:
         "seq_len": cfg.seq_len,
         "lengths": dict(cfg.lengths),
         "batch_size": cfg.batch_size,
-        "num_samples": samples_for(cfg, cfg.seq_len),
+        "num_samples": samples_for(cfg, cfg.lengths.taylor),
         "token_budget": cfg.get("token_budget"),
         "calibration_block": cfg.get("calibration_block"),
         "seed": cfg.seed,

@@ -558,7 +558,7 @@ class Report:
             return
         from prune.tracking import WandbTracker
 
-        fields = {k: v for k, v in logger_cfg.items() if k in ("project", "entity", "mode", "tags")}
+        fields = {k: v for k, v in logger_cfg.items() if k in ("project", "entity", "mode", "tags", "group")}
         tracker = WandbTracker(**fields)
         ok = False
         try:
