@@ -61,8 +61,9 @@ with other processes, OpenMP threads that spin at barriers made one and the same
 time; sleeping threads keep both baseline and candidate stable. The load average at the start and end is
 recorded, so a contended run can be recognised.
 
-``--sweep DIR`` adds the wall time and per-phase time sums of every ``DIR/*/metrics.json`` of a finished
-multirun (nothing is run); ``--sections none --sweep DIR`` reports only that.
+``--sweep DIR`` adds the time of a finished multirun from its ``DIR/*/metrics.json``: job and launch wall
+time, per-phase sums, and per-phase means per seq_len (nothing is run); ``--sections none --sweep DIR``
+reports only that.
 
 This module imports torch, transformers and prune.{importance,pruning,structure,models} only (no hydra,
 omegaconf, wandb or datasets), so ``PYTHONPATH=<repo> python -m prune.bench`` works on a bare GPU image.
@@ -625,11 +626,18 @@ def bench_removal(model, windows, batch_size, repeats, warmup, device) -> dict:
 
 # ---------------------------------------------------------------------------------------------- sweep
 def read_sweep(folder: str | os.PathLike) -> dict:
+    """Time spent by a finished multirun, from its jobs' ``metrics.json`` (nothing is run).
+
+    ``jobs_total_s`` sums the jobs' own wall times; ``launch_wall_s`` is the time from the launch
+    (``multirun.yaml`` written) to the last ``metrics.json`` written, so it also holds process start-up and
+    Hydra's work between jobs; ``by_seq_len`` gives the mean seconds per phase of one job at each length.
+    """
     folder = Path(folder)
     files = sorted(folder.glob("*/metrics.json")) or sorted(folder.rglob("metrics.json"))
     if not files:
         raise FileNotFoundError(f"no */metrics.json under {folder}")
     phases: dict[str, float] = {}
+    by_length: dict = {}
     jobs, total, status = [], 0.0, {}
     for path in files:
         metrics = json.loads(path.read_text())
@@ -642,10 +650,18 @@ def read_sweep(folder: str | os.PathLike) -> dict:
             phases[k] = phases.get(k, 0.0) + v
         st = metrics.get("status", "?")
         status[st] = status.get(st, 0) + 1
-        jobs.append({"job": str(path.parent.relative_to(folder)), "status": st, "total_s": job_total,
-                     "seq_len": (metrics.get("run") or {}).get("seq_len")})
-    return {"folder": str(folder), "jobs": len(files), "status": status, "total_wall_s": total,
-            "phase_sums_s": phases, "per_job": jobs}
+        seq_len = (metrics.get("run") or {}).get("seq_len")
+        jobs.append({"job": str(path.parent.relative_to(folder)), "status": st, "total_s": job_total, "seq_len": seq_len})
+        if st == "ok":
+            by_length.setdefault(seq_len, []).append({**timings, "total": job_total})
+    launch = folder / "multirun.yaml"
+    launch_wall = max(p.stat().st_mtime for p in files) - launch.stat().st_mtime if launch.exists() else None
+    means = {
+        str(length): {"jobs": len(rows), **{k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in dict.fromkeys(k for r in rows for k in r)}}
+        for length, rows in sorted(by_length.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
+    }
+    return {"folder": str(folder), "jobs": len(files), "status": status, "jobs_total_s": total,
+            "launch_wall_s": launch_wall, "phase_sums_s": phases, "by_seq_len": means, "per_job": jobs}
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -877,8 +893,12 @@ def print_summary(data: dict) -> None:
         extra.append("decoder-layer calls per batch: " + ", ".join(f"{k} {v:g}" for k, v in c.items()))
     sweep = data.get("sweep")
     if sweep:
-        extra.append(f"sweep {sweep['folder']}: {sweep['jobs']} jobs, {sweep['total_wall_s']:.1f} s; phases "
+        wall = "" if sweep.get("launch_wall_s") is None else f" ({sweep['launch_wall_s']:.0f} s from launch to last job)"
+        extra.append(f"sweep {sweep['folder']}: {sweep['jobs']} jobs, {sweep['jobs_total_s']:.1f} s in jobs{wall}; phases "
                      + ", ".join(f"{k} {v:.1f}s" for k, v in sweep["phase_sums_s"].items()))
+        for length, row in sweep.get("by_seq_len", {}).items():
+            extra.append(f"  seq_len {length}: mean of {row['jobs']} jobs: "
+                         + ", ".join(f"{k} {v:.1f}s" for k, v in row.items() if k != "jobs"))
     ctx = data.get("context", {})
     title = f"prune-bench ({ctx.get('preset')}, {ctx.get('device')}, {ctx.get('dtype')}, {ctx.get('torch_threads')} threads)"
     try:

@@ -128,6 +128,7 @@ def test_sweep_read_back(tmp_path):
     assert bench.main(["--sections", "none", "--sweep", str(sweep), "--out", str(out), "--omp-wait-policy", "inherit"]) == 0
     data = json.loads(out.read_text())
     assert data["sweep"]["jobs"] == 2 and data["sweep"]["status"] == {"ok": 2}
-    assert data["sweep"]["total_wall_s"] == pytest.approx(3.0 + 1 + 6.5 + 1)
+    assert data["sweep"]["jobs_total_s"] == pytest.approx(3.0 + 1 + 6.5 + 1)
     assert data["sweep"]["phase_sums_s"] == pytest.approx({"importance": 7.0, "eval_before": 2.5})
+    assert data["sweep"]["by_seq_len"]["512"] == pytest.approx({"jobs": 1, "importance": 5.0, "eval_before": 1.5, "total": 7.5})
     assert all(data[key] is None for key in bench.RESULT_KEYS)

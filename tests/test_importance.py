@@ -199,10 +199,12 @@ def test_only_prunable_weights_get_gradients_and_flags_are_restored():
 def test_gradient_checkpointing_gives_the_same_scores_and_is_left_as_found(already_on):
     model, x = tiny_model(), windows()
     plain = run("taylor_2nd", model, x).scores
+    from prune.importance.gradients import is_checkpointing, set_checkpointing
+
     if already_on:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_checkpointing(model, True)
     checkpointed = run("taylor_2nd", model, x, gradient_checkpointing=True).scores
-    assert model.is_gradient_checkpointing == already_on and not model.training
+    assert is_checkpointing(model) == already_on and not model.training
     for a, b in zip(plain.attention + plain.mlp, checkpointed.attention + checkpointed.mlp):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
 

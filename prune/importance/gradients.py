@@ -214,6 +214,25 @@ class _Accumulator:
         }
 
 
+def is_checkpointing(model: nn.Module) -> bool:
+    """Whether activation (a.k.a. gradient) checkpointing is on; transformers 5 renamed the API."""
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
+
+
+def set_checkpointing(model: nn.Module, enable: bool) -> None:
+    """Turn activation checkpointing on (non-reentrant) or off, under either name of the API."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if enable:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif enable:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
 @contextlib.contextmanager
 def _only_prunable_require_grad(model: nn.Module, params: list[nn.Parameter]):
     flags = {p: p.requires_grad for p in model.parameters()}
@@ -255,9 +274,9 @@ def gradient_pass(
     device = next(model.parameters()).device
     restarts = 0
     was_training = model.training
-    was_checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
+    was_checkpointing = is_checkpointing(model)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_checkpointing(model, True)
         model.train()
     else:
         model.eval()
@@ -287,7 +306,7 @@ def gradient_pass(
                     torch.cuda.empty_cache()
     finally:
         if gradient_checkpointing and not was_checkpointing:
-            model.gradient_checkpointing_disable()
+            set_checkpointing(model, False)
         model.train(was_training)
     return GradientPass(
         mean_grad=acc.mean_grad,
