@@ -116,6 +116,42 @@ def test_70b_slurm_example_composes():
     assert cfg.importance.gradient_checkpointing is True
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_and_each_of_its_sweep_points_composes(name):
+    from hydra import compose, initialize_config_dir
+
+    if name == "llama3_70b_slurm":
+        pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+        assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and cfg.hydra.sweep.dir.endswith(f"sweeps/{name}")
+        params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+        assert params
+        first = [f"{k}={v[0]}" for k, v in params.items()]
+        last = [f"{k}={v[-1]}" for k, v in params.items()]
+        for point in (first, last):
+            job = compose("config", overrides=[f"experiment={name}", *point])
+            instantiate_all = [job.importance, job.pruning, job.data, job.model]
+            assert all("_target_" in node for node in instantiate_all)
+
+
+def test_depth_experiment_report_has_layer_curves_and_task_accuracy(tiny_testbed, tmp_path):
+    out = prune_run("experiment=depth_seq_len", "testbed=tiny", "batch_size=2", "num_samples=4", "eval.lengths=[128]",
+                    "eval.tasks_limit=4", "progress=false", "seq_len=64,128", "seed=0", "pruning=layer_weighted",
+                    "logger=none", f"hydra.sweep.dir={tmp_path / 'depth'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    folder = tmp_path / "depth"
+    rows = list(csv.DictReader(open(folder / "summary.csv")))
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert all(r["acc_after_testbed_longrange"] not in ("", None) for r in rows)
+    for metrics in folder.glob("*/metrics.json"):
+        m = json.loads(metrics.read_text())
+        assert m["layer_scores"]["criterion"] == "layer" and m["layer_scores"]["length"] == m["run"]["seq_len"]
+    report = (folder / "report.md").read_text()
+    assert "(layer_importance.png)" in report and (folder / "layer_importance.png").stat().st_size > 5000
+    assert "testbed_longrange" in report
+
+
 def _job(run: dict, overrides: list[str]) -> dict:
     from prune.report import override_values
 
