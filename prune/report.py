@@ -516,7 +516,8 @@ class Report:
         lengths = self.eval_lengths()
         with_acc = any((j["metrics"].get("acc_after") or {}).get("mean") is not None for j in self.ok)
         header = f"| {' | '.join(self.series_keys + [self.x_key])} | n | " + " | ".join(f"PPL@{l} after" for l in lengths)
-        header += " | mean task accuracy after |" if with_acc else " |"
+        tasks = sorted({t for j in self.ok for t in (j["metrics"].get("acc_after") or {}) if t != "mean"})
+        header += f" | mean task accuracy after ({', '.join(tasks)}) |" if with_acc else " |"
         rows = [header, "|" + "---|" * (len(self.series_keys) + 2 + len(lengths) + int(with_acc))]
         for key, jobs in self.series().items():
             for x, group in self.by_x(jobs).items():
