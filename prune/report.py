@@ -266,8 +266,11 @@ class Report:
         axes[0][0].legend(fontsize=7)
         self._save(fig, "ppl_after.png")
 
-    def _layer_curves(self, name: str, title: str, panels: list[tuple[str, str, str]], logy: bool) -> None:
-        """One figure per series: per-layer curves, one line per x value (averaged over seeds)."""
+    def _layer_curves(self, name: str, title: str, panels: list[tuple[str, str, str]], logy: bool | str) -> None:
+        """One figure per series: per-layer curves, one line per x value (averaged over seeds).
+
+        ``logy="auto"``: a symmetric log axis when a panel's values span more than two orders of magnitude
+        (one layer far above the rest would flatten every other layer into a line at zero)."""
         series = self.series()
         if not series:
             return
@@ -276,6 +279,7 @@ class Report:
         for row, (key, jobs) in enumerate(series.items()):
             for col, (source, field, label) in enumerate(panels):
                 ax = axes[row][col]
+                plotted = []
                 for x, group in self.by_x(jobs).items():
                     curves = [self._per_layer(j, source, field) for j in group]
                     curves = [c for c in curves if c]
@@ -284,9 +288,13 @@ class Report:
                     n = min(len(c) for c in curves)
                     mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]
                     ax.plot(range(n), mean, marker=".", label=f"{self.x_key}={x}")
+                    plotted += mean
                     drew = True
-                if logy:
+                magnitudes = [abs(v) for v in plotted if v]
+                if logy is True:
                     ax.set_yscale("log")
+                elif logy == "auto" and magnitudes and max(magnitudes) > 100 * min(magnitudes):
+                    ax.set_yscale("symlog", linthresh=max(magnitudes) * 1e-3)
                 ax.set_xlabel("decoder layer")
                 ax.set_ylabel(label)
                 ax.set_title(f"{label}\n{self.series_label(key)}", fontsize=8)
@@ -314,10 +322,12 @@ class Report:
         )
         if any(j["metrics"].get("layer_scores") for j in self.ok):
             criteria = sorted({j["metrics"]["layer_scores"].get("criterion") for j in self.ok if j["metrics"].get("layer_scores")})
-            panels = [("by_layer", f"{key}_importance", f"{key} importance ({', '.join(criteria)})")
+            unit = "loss increase, nats" if set(criteria) <= {"layer", "block"} else "criterion units"
+            panels = [("by_layer", f"{key}_importance", f"{key} importance ({unit})")
                       for key in ("layer", "attention", "mlp")
                       if any(self._per_layer(j, "by_layer", f"{key}_importance") for j in self.ok)]
-            self._layer_curves("layer_importance.png", "layer / block importance per layer (mean over seeds)", panels, logy=False)
+            self._layer_curves("layer_importance.png", f"{', '.join(criteria)} importance per layer (mean over seeds)",
+                               panels, logy="auto")
         self._layer_curves(
             "kept_by_layer.png", "fraction kept per layer (mean over seeds)",
             [("kept", "attention_kept_fraction", "attention groups kept (fraction)"),
@@ -450,7 +460,7 @@ class Report:
                         judged = "no seed repeats to compare with" if math.isnan(within) else (
                             f"lower than between seeds by more than 0.05 (a fixed margin, not a test): {self.x_key} "
                             "changes which groups are pruned beyond seed noise"
-                            if between < within - 0.05 else f"within 0.05 of the overlap between seeds: {self.x_key} "
+                            if between < within - 0.05 else f"not lower than between seeds by more than 0.05: {self.x_key} "
                             "does not change the decisions beyond seed noise")
                         lines.append(f"- [{label}] removed {block} groups, {self.x_key} {ref} vs {other}: Jaccard {between:.2f} "
                                      f"vs {within:.2f} between seeds at the same {self.x_key} — {judged}.")
@@ -467,7 +477,7 @@ class Report:
         if na < 2 or nb < 2:
             judged = "no seed repeats: cannot be judged against noise"
         elif spread == 0:
-            judged = "every seed gives the same value (a deterministic criterion): no seed noise to judge it against"
+            judged = "every seed gives the same value in both: no seed noise to judge the difference against"
         elif abs(diff) > 2 * spread and (math.isnan(p) or p < 0.05):
             better = (diff < 0) == lower_is_better
             judged = f"exceeds seed-to-seed spread ({self.x_key}={other if better else ref} is better)"
