@@ -25,12 +25,13 @@ def sampled_mlp_channels(shape, n: int, seed: int) -> list[tuple[int, int]]:
     return [everything[i] for i in idx]
 
 
-def removal_ground_truth(model: nn.Module, windows: torch.Tensor, mlp_sample: int | None, seed: int, batch_size: int = 4, progress: bool = False) -> GroupScores:
+def removal_ground_truth(model: nn.Module, windows: torch.Tensor, mlp_sample: int | None, seed: int, batch_size: int = 4,
+                         progress: bool = False, prefix_cache: bool = True) -> GroupScores:
     """Loss increase per group; unsampled MLP channels are NaN."""
     shape = model_shape(model)
     units = [Unit("attention_group", l, g) for l, s in enumerate(shape.layers) for g in range(s.num_kv_heads)]
     units += [Unit("mlp_channel", l, c) for l, c in sampled_mlp_channels(shape, mlp_sample, seed)]
-    base, losses = removal_losses(model, windows, units, batch_size=batch_size, progress=progress)
+    base, losses = removal_losses(model, windows, units, batch_size=batch_size, prefix_cache=prefix_cache, progress=progress)
     truth = GroupScores.zeros(shape).map(lambda t: t.fill_(float("nan")))
     for unit, loss in losses.items():
         truth.block(ATTENTION if unit.kind == "attention_group" else MLP)[unit.layer][unit.index] = loss - base

@@ -62,7 +62,8 @@ class GroupRemoval(ImportanceMethod):
     def score(self, model: nn.Module, calibration: Calibration) -> ImportanceResult:
         from prune.ground_truth import removal_ground_truth
 
-        truth = removal_ground_truth(model, calibration.get(self.uses), self.mlp_sample, calibration.seed, calibration.batch_size, calibration.progress)
+        truth = removal_ground_truth(model, calibration.get(self.uses), self.mlp_sample, calibration.seed,
+                                     calibration.batch_size, calibration.progress, self.prefix_cache)
 
         def fill(t: torch.Tensor) -> torch.Tensor:
             known = t[~torch.isnan(t)]
