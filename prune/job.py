@@ -381,8 +381,6 @@ def _record(cfg, out: Path, metrics: dict, tracker, model, shape, total_before: 
             metrics[tag] = {**{name: r["value"] for name, r in res["tasks"].items()}, "mean": res["mean"]}
     metrics.update(
         {
-            "ppl_before": {str(k): v["ppl"] for k, v in before.items()},
-            "ppl_after": {str(k): v["ppl"] for k, v in after.items()},
             "nll_before": {str(k): v["nll"] for k, v in before.items()},
             "nll_after": {str(k): v["nll"] for k, v in after.items()},
             "eval_tokens": {str(k): v["tokens"] for k, v in before.items()},
