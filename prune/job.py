@@ -355,7 +355,7 @@ def _load_data(cfg, model_source, data_source, model_config, lengths, methods, m
             raise DataError(f"evaluation text has {available:,} usable tokens, less than one window of eval length {length}")
     if cfg.eval.importance_accuracy:
         length, budget = _ground_truth_length(cfg, eval_lengths), cfg.eval.ground_truth.max_tokens
-        if min(available if budget is None else budget, len(test_stream)) < length:
+        if (len(test_stream) if budget is None else min(budget, len(test_stream))) < length:
             raise DataError(
                 f"eval.ground_truth.max_tokens={budget} leaves less than one window of its length {length} "
                 f"(text has {len(test_stream):,} tokens); raise it or set eval.ground_truth.length"
