@@ -439,7 +439,9 @@ class Report:
                     b = [j["metrics"]["ppl_after"][length] for j in groups[other] if length in j["metrics"].get("ppl_after", {})]
                     if not a or not b:
                         continue
-                    lines.append(self._verdict(f"[{label}] PPL after pruning, eval window {length}", ref, other, a, b, lower_is_better=True))
+                    paired = self.paired_p(groups[ref], groups[other], lambda m, L=length: (m.get("ppl_after") or {}).get(L))
+                    lines.append(self._verdict(f"[{label}] PPL after pruning, eval window {length}", ref, other, a, b,
+                                               lower_is_better=True, paired=paired))
                 a = [(j["metrics"].get("acc_after") or {}).get("mean") for j in groups[ref]]
                 b = [(j["metrics"].get("acc_after") or {}).get("mean") for j in groups[other]]
                 a, b = [v for v in a if v is not None], [v for v in b if v is not None]
@@ -466,7 +468,27 @@ class Report:
                                      f"vs {within:.2f} between seeds at the same {self.x_key} — {judged}.")
         return lines
 
-    def _verdict(self, what: str, ref, other, a: list[float], b: list[float], lower_is_better: bool) -> str:
+    @staticmethod
+    def paired_p(jobs_a: list[dict], jobs_b: list[dict], value) -> float | None:
+        """Paired t-test p over seeds, only where the design pairs them: every job draws its calibration
+        text as blocks (``calibration_block``) under one token budget, so one seed means the same text in
+        both arms. ``None`` where the design does not pair, or fewer than two seeds are shared."""
+        jobs = jobs_a + jobs_b
+        design = {(setting(j, "calibration_block"), setting(j, "token_budget")) for j in jobs}
+        if len(design) != 1 or None in next(iter(design)):
+            return None
+        arm_a = {setting(j, "seed"): value(j["metrics"]) for j in jobs_a}
+        arm_b = {setting(j, "seed"): value(j["metrics"]) for j in jobs_b}
+        seeds = sorted(k for k in arm_a.keys() & arm_b.keys() if arm_a[k] is not None and arm_b[k] is not None)
+        diffs = [arm_b[k] - arm_a[k] for k in seeds]
+        if len(seeds) < 2 or len(set(diffs)) < 2:
+            return None
+        from scipy.stats import ttest_rel
+
+        return float(ttest_rel([arm_b[k] for k in seeds], [arm_a[k] for k in seeds]).pvalue)
+
+    def _verdict(self, what: str, ref, other, a: list[float], b: list[float], lower_is_better: bool,
+                 paired: float | None = None) -> str:
         ma, sa, na = mean_sd(a)
         mb, sb, nb = mean_sd(b)
         diff = mb - ma
@@ -484,6 +506,8 @@ class Report:
         else:
             judged = "within seed-to-seed spread (no detectable difference)"
         p_text = "" if math.isnan(p) else f", Welch p={p:.3f}"
+        if paired is not None:
+            p_text += f", paired by seed (same text) p={paired:.3f}"
         return (f"- {what}: {self.x_key}={ref}: {ma:.4g} ± {sa:.2g} (n={na}) vs {self.x_key}={other}: {mb:.4g} ± {sb:.2g} "
                 f"(n={nb}); difference {diff:+.4g} ({rel:+.1f}%{p_text}) — {judged}.")
 

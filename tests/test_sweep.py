@@ -197,3 +197,20 @@ def test_a_smaller_relaunch_into_the_same_folder_reports_only_its_own_jobs(sweep
     assert sorted((r["seq_len"], r["seed"], r["token_budget"]) for r in rows) == [("128", "0", ""), ("512", "0", "")]
     report = (folder / "report.md").read_text()
     assert "Left out: job folder(s) 2, 3, 4, 5, 6, 7" in report and "2 jobs: 2 ok" in report
+
+
+def test_seeds_are_paired_only_where_one_seed_means_the_same_text():
+    from scipy.stats import ttest_rel
+
+    from prune.report import Report
+
+    def jobs(seq_len, values, block=2048, budget=16384):
+        return [{"metrics": {"run": {"seq_len": seq_len, "seed": s, "calibration_block": block, "token_budget": budget},
+                             "ppl_after": {"512": v}}} for s, v in enumerate(values)]
+
+    value = lambda m: m["ppl_after"]["512"]  # noqa: E731
+    short, long = [3.90, 3.91, 3.92], [3.93, 3.95, 3.94]
+    p = Report.paired_p(jobs(128, short), jobs(512, long), value)
+    assert p == pytest.approx(ttest_rel(long, short).pvalue)
+    assert Report.paired_p(jobs(128, short, block=None, budget=None), jobs(512, long, block=None, budget=None), value) is None
+    assert Report.paired_p(jobs(128, short[:1]), jobs(512, long[:1]), value) is None  # one shared seed
