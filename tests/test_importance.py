@@ -163,6 +163,29 @@ def test_magnitude_and_random():
     assert torch.equal(r0, r0b) and not torch.equal(r0, r1)
 
 
+@pytest.mark.parametrize("strategy", ["global", "layer_weighted"])
+def test_random_baseline_removes_the_same_expected_share_of_attention_and_mlp(strategy):
+    """A random choice: over many seeds, the share of attention parameters removed is the share of MLP
+    parameters removed (plain uniform scores under a score/cost ranking removed ~all attention first)."""
+    from prune.pruning import Global, LayerWeighted
+    from prune.structure import ATTENTION, MLP
+
+    model = tiny_model(num_key_value_heads=4, num_attention_heads=8, hidden_size=64, intermediate_size=64, num_hidden_layers=4)
+    shape = model_shape(model)
+    cls = {"global": Global, "layer_weighted": LayerWeighted}[strategy]
+    layer_scores = {"layer": [1.0, 2.0, 1.0, 0.5]}
+    shares = {ATTENTION: [], MLP: []}
+    for seed in range(200):
+        scores = build("random").score(model, Calibration({}, 2, seed=seed, progress=False)).scores
+        plan = cls(ratio=0.4).plan(scores, shape, layer_scores)
+        for block, keep in ((ATTENTION, plan.keep_attention), (MLP, plan.keep_mlp)):
+            total = sum(shape.group_counts(block))
+            shares[block].append(1 - sum(len(k) for k in keep) / total)
+    attention, mlp = (sum(v) / len(v) for v in (shares[ATTENTION], shares[MLP]))
+    assert abs(attention - mlp) < 0.05 and abs(mlp - 0.4) < 0.05, (attention, mlp)
+    assert len(set(shares[ATTENTION])) > 1  # a random set, not one fixed choice
+
+
 def test_per_layer_gradient_statistics_match_hand_computation():
     model, x = tiny_model(), windows()
     G = grads_of(model, x)
@@ -237,9 +260,59 @@ def test_model_shape_reports_groups():
     assert shape.heads_per_group == 2
 
 
-def test_token_fisher_is_the_sample_estimate_times_scored_tokens():
+def hand_group_sums_tensor(model, per_param):
+    return torch.cat([torch.cat(part) for part in hand_group_sums(model, per_param)])
+
+
+def test_sample_fisher_correction_is_exact_when_the_mean_dominates():
+    """Identical sequences: every g_s equals G, so E_s[w^2 g_s^2] = w^2 G^2 exactly. Dropping the
+    correction gives B times that; flipping its sign gives (2SB - B - S) / (S - B) times it."""
+    model = tiny_model()
+    x = windows(n=1).repeat(S, 1)
+    G = grads_of(model, x)
+    want = hand_group_sums_tensor(model, lambda p: p.detach().square() * G[id(p)].square())
+    for B in (2, 4):
+        got = gradient_pass(model, x, B, fisher="sample", progress=False).second_moment
+        got = torch.cat([t for t in got.attention + got.mlp])
+        torch.testing.assert_close(got, want, rtol=2e-3, atol=1e-12)
+
+
+def test_sequence_fisher_formula_and_clip():
+    from prune.importance.gradients import sequence_fisher
+    from prune.structure import GroupScores
+
+    def scores(v):
+        return GroupScores([torch.tensor([v], dtype=torch.float64)], [torch.tensor([v], dtype=torch.float64)])
+
+    S, B = 8, 2
+    # mean_b(g_b^2) = 3, G^2 = 1: ((S-1) B 3 - S (B-1) 1) / (S - B) = (42 - 8) / 6
+    assert float(sequence_fisher(scores(3.0), scores(1.0), S, B).mlp[0]) == pytest.approx(34 / 6)
+    # a noisy estimate below zero is negative before the clip and 0 after it
+    raw = sequence_fisher(scores(0.1), scores(1.0), S, B)
+    assert float(raw.attention[0]) < 0
+    model, x = tiny_model(), windows(n=1).repeat(S, 1)
+    x[1::2, 3:] = windows(seed=5, n=4, length=L - 3)  # two kinds of sequence: small spread, large mean
+    for fisher in ("sample", "token"):
+        second = gradient_pass(model, x, B, fisher=fisher, progress=False).second_moment
+        assert all(float(t.min()) >= 0 for t in second.attention + second.mlp), fisher
+
+
+def test_token_fisher_subtracts_the_squared_mean_counted_t_minus_one_times_too_often():
+    """With identical sequences E_s[g_s^2] = G^2, so the per-token estimate T F_s - (T - 1) G^2 is G^2;
+    the plain T * F_s would be T times too large."""
+    model = tiny_model()
+    x = windows(n=1).repeat(S, 1)
+    G = grads_of(model, x)
+    want = hand_group_sums_tensor(model, lambda p: p.detach().square() * G[id(p)].square())
+    token = gradient_pass(model, x, 1, fisher="token", progress=False).second_moment
+    torch.testing.assert_close(torch.cat(token.attention + token.mlp), want, rtol=2e-3, atol=1e-12)
+
+
+def test_token_fisher_matches_the_hand_formula_on_ordinary_text():
     model, x = tiny_model(), windows()
-    sample = gradient_pass(model, x, 2, fisher="sample", progress=False).second_moment
-    token = gradient_pass(model, x, 2, fisher="token", progress=False).second_moment
-    for a, b in zip(sample.attention + sample.mlp, token.attention + token.mlp):
-        torch.testing.assert_close(b, a * (L - 1), rtol=1e-5, atol=1e-12)
+    G, Fs = grads_of(model, x), per_sequence_fisher(model, x)
+    T = L - 1
+    attention, mlp = hand_group_sums(model, lambda p: p.detach().square() * (T * Fs[id(p)] - (T - 1) * G[id(p)].square()))
+    want = torch.cat([t.clamp_min(0) for t in attention + mlp])
+    token = gradient_pass(model, x, 1, fisher="token", progress=False).second_moment
+    torch.testing.assert_close(torch.cat(token.attention + token.mlp), want, rtol=1e-3, atol=1e-10)
