@@ -354,11 +354,11 @@ def _load_data(cfg, model_source, data_source, model_config, lengths, methods, m
         if available < length:
             raise DataError(f"evaluation text has {available:,} usable tokens, less than one window of eval length {length}")
     if cfg.eval.importance_accuracy:
-        length, budget = _ground_truth_length(cfg, eval_lengths), cfg.eval.ground_truth.max_tokens
+        length, budget = max(ground_truth_lengths(cfg, eval_lengths)), cfg.eval.ground_truth.max_tokens
         if (len(test_stream) if budget is None else min(budget, len(test_stream))) < length:
             raise DataError(
                 f"eval.ground_truth.max_tokens={budget} leaves less than one window of its length {length} "
-                f"(text has {len(test_stream):,} tokens); raise it or set eval.ground_truth.length"
+                f"(text has {len(test_stream):,} tokens); raise it or shorten eval.ground_truth.lengths"
             )
     metrics["data"] = {
         "source": data_source.describe(),
@@ -410,25 +410,31 @@ def _record(cfg, out: Path, metrics: dict, tracker, model, shape, total_before: 
 
 
 def _importance_accuracy(cfg, model, test_stream, eval_lengths, result, model_id, stream_id, progress) -> dict:
-    """Spearman of this run's group scores with the (cached) true removal effect on held-out text."""
+    """Rank agreement of this run's group scores with the (cached) true removal effect on held-out text,
+    once per ground-truth window length; the flat keys repeat the longest length's values."""
     from prune.data import evaluation_windows
     from prune.ground_truth import importance_accuracy, removal_ground_truth
 
     gt = cfg.eval.ground_truth
-    length = _ground_truth_length(cfg, eval_lengths)
-    windows = evaluation_windows(test_stream, length, gt.max_tokens)
-    key = {"model": model_id, "tokens": stream_id, "length": length, "max_tokens": gt.max_tokens,
-           "mlp_sample": gt.mlp_sample, "seed": gt.seed}
-    truth, _ = cached(
-        cfg.cache_dir, "ground_truth", key,
-        lambda: removal_ground_truth(model, windows, gt.mlp_sample, gt.seed, cfg.eval.batch_size, progress),
-    )
-    return {**importance_accuracy(result.scores, truth), "length": length, "tokens": int(windows.numel())}
+    out: dict = {"truth_lengths": ground_truth_lengths(cfg, eval_lengths), "by_truth": {}}
+    for length in out["truth_lengths"]:
+        windows = evaluation_windows(test_stream, length, gt.max_tokens)
+        key = {"model": model_id, "tokens": stream_id, "length": length, "max_tokens": gt.max_tokens,
+               "mlp_sample": gt.mlp_sample, "seed": gt.seed}
+        truth, _ = cached(
+            cfg.cache_dir, "ground_truth", key,
+            lambda: removal_ground_truth(model, windows, gt.mlp_sample, gt.seed, cfg.eval.batch_size, progress),
+        )
+        out["by_truth"][str(length)] = {**importance_accuracy(result.scores, truth), "tokens": int(windows.numel())}
+    longest = out["by_truth"][str(out["truth_lengths"][-1])]
+    out.update({k: v for k, v in longest.items() if k != "tokens"}, length=out["truth_lengths"][-1])
+    return out
 
 
-def _ground_truth_length(cfg: DictConfig, eval_lengths: list[int]) -> int:
-    """The window length of the removal ground truth: ``eval.ground_truth.length``, at most the longest eval length."""
-    return min(int(cfg.eval.ground_truth.length or max(eval_lengths)), max(eval_lengths))
+def ground_truth_lengths(cfg: DictConfig, eval_lengths: list[int]) -> list[int]:
+    """The ground truth's window lengths: ``eval.ground_truth.lengths``, each capped at the longest eval length."""
+    cap = max(eval_lengths)
+    return sorted({min(int(length), cap) for length in cfg.eval.ground_truth.lengths})
 
 
 def _announce_memory(cfg: DictConfig, model_config, lengths: dict, importance, metrics: dict) -> None:

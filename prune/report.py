@@ -18,6 +18,9 @@ import math
 import statistics
 from pathlib import Path
 
+from prune.stats import compare, jaccard, mean_sd
+from prune.verdicts import judge, overlap_verdict
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -40,32 +43,49 @@ LABELS = {
 NOT_CONDITIONS = ("seed", "force", "progress", "experiment")
 
 
+def launch_grid(sweep_dir: Path) -> set[frozenset] | None:
+    """The override sets of every job of the sweep's latest launch, expanded from its ``multirun.yaml``
+    (sweeper params + command line) as Hydra's basic sweeper expands them; None if unknown."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    path = sweep_dir / "multirun.yaml"
+    if not path.exists():
+        return None
+    try:
+        hydra_cfg = OmegaConf.load(path).hydra
+        params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
+        overrides = OverridesParser.create().parse_overrides(params + list(hydra_cfg.overrides.task))
+        return {frozenset(job) for job in BasicSweeper.split_arguments(overrides, None)[0]}
+    except Exception as exc:  # an unusual sweeper: keep every folder rather than guess
+        log.warning("cannot expand the sweep of %s (%s): every job folder is reported", path, exc)
+        return None
+
+
 def load_jobs(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     """The job folders of the sweep's latest launch (their ``metrics.json``, ``plan.json``, overrides).
 
-    A sweep folder can hold folders of an earlier, larger launch (experiments use a fixed folder, and
-    Hydra numbers jobs by their position in the sweep). Hydra rewrites ``multirun.yaml`` when a launch
-    starts and every job's ``.hydra/`` when the job starts (also when it is skipped as finished), so a
-    folder whose ``.hydra/`` is older than ``multirun.yaml`` is not part of the latest launch: it is left
-    out, and its name is returned as the second value.
+    A sweep folder can hold folders of an earlier launch with other settings (experiments use a fixed
+    folder). A folder whose overrides are not a point of the latest launch (``multirun.yaml``) is left out
+    and its name returned as the second value. Nothing depends on file times, so a copied, rsynced or
+    freshly cloned sweep folder reports the same.
     """
-    launch = sweep_dir / "multirun.yaml"
-    launched = launch.stat().st_mtime if launch.exists() else None
+    grid = launch_grid(sweep_dir)
     jobs, stale = [], []
     for metrics_path in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: _natural(p.parent.name)):
         folder = metrics_path.parent
-        job_config = folder / ".hydra" / "overrides.yaml"
-        if launched is not None and job_config.exists() and job_config.stat().st_mtime < launched:
+        overrides_path = folder / ".hydra" / "overrides.yaml"
+        overrides = []
+        if overrides_path.exists():
+            overrides = [line[2:].strip() for line in overrides_path.read_text().splitlines() if line.startswith("- ")]
+        if grid is not None and overrides_path.exists() and frozenset(overrides) not in grid:
             stale.append(folder.name)
             continue
         try:
             metrics = json.loads(metrics_path.read_text())
         except json.JSONDecodeError:
             metrics = {"status": "failed", "error": "metrics.json is unreadable (job killed while writing?)"}
-        overrides_path = folder / ".hydra" / "overrides.yaml"
-        overrides = []
-        if overrides_path.exists():
-            overrides = [line[2:].strip() for line in overrides_path.read_text().splitlines() if line.startswith("- ")]
         plan = json.loads((folder / "plan.json").read_text()) if (folder / "plan.json").exists() else None
         jobs.append({"folder": folder.name, "metrics": metrics, "overrides": overrides,
                      "override_values": override_values(overrides), "plan": plan})
@@ -120,18 +140,6 @@ def condition_of(job: dict, keys: list[str]) -> tuple:
 
 
 # -------------------------------------------------------------------------------------- statistics
-def mean_sd(values: list[float]) -> tuple[float, float, int]:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return float("nan"), float("nan"), 0
-    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return statistics.fmean(values), sd, len(values)
-
-
-def jaccard(a: set, b: set) -> float:
-    return len(a & b) / len(a | b) if a | b else 1.0
-
-
 def removed_sets(plan: dict) -> dict[str, set]:
     out = {}
     for block, key in (("attention", "keep_attention"), ("mlp", "keep_mlp")):
@@ -140,12 +148,11 @@ def removed_sets(plan: dict) -> dict[str, set]:
     return out
 
 
-def welch_p(a: list[float], b: list[float]) -> float:
-    if len(a) < 2 or len(b) < 2:
-        return float("nan")
-    from scipy.stats import ttest_ind
-
-    return float(ttest_ind(a, b, equal_var=False).pvalue)
+def pairs_by_seed(jobs: list[dict]) -> bool:
+    """Whether one seed means the same calibration text in every arm: every job draws its text as blocks
+    (``calibration_block``) under one token budget."""
+    design = {(setting(j, "calibration_block"), setting(j, "token_budget")) for j in jobs}
+    return len(design) == 1 and None not in next(iter(design))
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -155,7 +162,9 @@ class Report:
         self.jobs, self.stale = load_jobs(self.dir)
         self.ok = [j for j in self.jobs if j["metrics"].get("status") == "ok"]
         varying = varying_keys(self.ok or self.jobs)
-        self.x_key = "seq_len" if "seq_len" in varying else (varying[0] if varying else "seq_len")
+        # the x axis: seq_len, else a single calibration length (lengths.layer, ...), else the first varying key
+        preferred = [k for k in varying if k == "seq_len"] + [k for k in varying if k.startswith("lengths.")]
+        self.x_key = (preferred or varying or ["seq_len"])[0]
         self.series_keys = [k for k in varying if k != self.x_key and not (self.x_key == "seq_len" and k == "num_samples" and "token_budget" in varying)]
         self.figures: dict[str, str] = {}
 
@@ -200,9 +209,11 @@ class Report:
                 row[f"ppl_after_{length}"] = value
             for key in ("params_before", "params_after", "prunable_ratio_removed", "total_ratio_removed"):
                 row[key] = m.get(key)
-            for block, value in (m.get("importance_accuracy") or {}).items():
-                if not isinstance(value, dict) and block not in ("length", "tokens"):
-                    row[f"spearman_{block}"] = value
+            accuracy = m.get("importance_accuracy") or {}
+            for truth, values in (accuracy.get("by_truth") or {"": accuracy}).items():
+                for block, value in values.items():
+                    if isinstance(value, (int, float)) and block not in ("length", "tokens"):
+                        row[f"spearman_{block}" + (f"@{truth}" if truth else "")] = value
             for tag in ("acc_before", "acc_after"):
                 for task, value in (m.get(tag) or {}).items():
                     row[f"{tag}_{task}"] = value
@@ -337,16 +348,15 @@ class Report:
 
     def overlaps(self, jobs: list[dict]) -> dict:
         """Mean Jaccard overlap of the removed sets between x values (off-diagonal) and seeds (diagonal)."""
-        groups = {x: [removed_sets(j["plan"]) for j in g if j["plan"]] for x, g in self.by_x(jobs).items()}
+        groups = {x: [(setting(j, "seed"), removed_sets(j["plan"])) for j in g if j["plan"]] for x, g in self.by_x(jobs).items()}
         xs = list(groups)
         out = {}
         for block in ("attention", "mlp"):
             matrix = [[float("nan")] * len(xs) for _ in xs]
             for a, b in itertools.product(range(len(xs)), repeat=2):
-                if a == b:
-                    pairs = list(itertools.combinations(groups[xs[a]], 2))
-                else:
-                    pairs = list(itertools.product(groups[xs[a]], groups[xs[b]]))
+                # like with like: pairs of different seeds on the diagonal and off it
+                pairs = [(p, q) for (s, p), (t, q) in itertools.product(groups[xs[a]], groups[xs[b]])
+                         if s != t and (a != b or s < t)]
                 if pairs:
                     matrix[a][b] = statistics.fmean(jaccard(p[block], q[block]) for p, q in pairs)
             out[block] = {"x": xs, "matrix": matrix}
@@ -424,92 +434,53 @@ class Report:
         self._save(fig, "importance_accuracy.png")
 
     # --- verdicts
-    def verdicts(self, overlaps: dict) -> list[str]:
-        lines = []
+    def _arm(self, jobs: list[dict], value) -> dict:
+        return {setting(j, "seed"): value(j["metrics"]) for j in jobs}
+
+    def verdicts(self) -> list[dict]:
+        """Every comparison of the first x value with each other one, within each series (see prune.verdicts)."""
+        rows = []
         for key, jobs in self.series().items():
             groups = self.by_x(jobs)
             xs = list(groups)
             if len(xs) < 2:
                 continue
-            ref = xs[0]
             label = self.series_label(key)
+            ref = xs[0]
             for other in xs[1:]:
+                a, b = groups[ref], groups[other]
+                paired = pairs_by_seed(a + b)
+
+                def add(what, value, kind, lower_is_better):
+                    row = judge(f"[{label}] {what}", self.x_key, ref, other,
+                                compare(self._arm(a, value), self._arm(b, value), paired), kind, lower_is_better)
+                    if row is not None:
+                        row["series"] = label
+                        rows.append(row)
+
                 for length in self.eval_lengths():
-                    a = [j["metrics"]["ppl_after"][length] for j in groups[ref] if length in j["metrics"].get("ppl_after", {})]
-                    b = [j["metrics"]["ppl_after"][length] for j in groups[other] if length in j["metrics"].get("ppl_after", {})]
-                    if not a or not b:
-                        continue
-                    paired = self.paired_p(groups[ref], groups[other], lambda m, L=length: (m.get("ppl_after") or {}).get(L))
-                    lines.append(self._verdict(f"[{label}] PPL after pruning, eval window {length}", ref, other, a, b,
-                                               lower_is_better=True, paired=paired))
-                a = [(j["metrics"].get("acc_after") or {}).get("mean") for j in groups[ref]]
-                b = [(j["metrics"].get("acc_after") or {}).get("mean") for j in groups[other]]
-                a, b = [v for v in a if v is not None], [v for v in b if v is not None]
-                if a and b:
-                    lines.append(self._verdict(f"[{label}] mean downstream accuracy after pruning", ref, other, a, b, lower_is_better=False))
-                for block in ("attention", "mlp"):
-                    a = [(j["metrics"].get("importance_accuracy") or {}).get(block) for j in groups[ref]]
-                    b = [(j["metrics"].get("importance_accuracy") or {}).get(block) for j in groups[other]]
-                    a, b = [v for v in a if v is not None], [v for v in b if v is not None]
-                    if a and b:
-                        lines.append(self._verdict(f"[{label}] importance accuracy (Spearman, {block})", ref, other, a, b, lower_is_better=False))
-                ov = overlaps.get(label)
-                if ov:
+                    add(f"PPL after pruning, eval window {length}", lambda m, L=length: (m.get("ppl_after") or {}).get(L), "ppl", True)
+                for tag, what in (("ppl_recovered", "PPL after recovery"),):
+                    for length in self.eval_lengths():
+                        add(f"{what}, eval window {length}", lambda m, L=length, t=tag: (m.get(t) or {}).get(L), "ppl", True)
+                tasks = sorted({t for j in a + b for t in (j["metrics"].get("acc_after") or {})})
+                for task in tasks:
+                    name = "mean downstream accuracy" if task == "mean" else f"{task} accuracy"
+                    add(f"{name} after pruning", lambda m, t=task: (m.get("acc_after") or {}).get(t), "accuracy", False)
+                truths = sorted({L for j in a + b for L in ((j["metrics"].get("importance_accuracy") or {}).get("by_truth") or {})}, key=int)
+                for truth in truths:
                     for block in ("attention", "mlp"):
-                        m, xi = ov[block]["matrix"], ov[block]["x"]
-                        i, k = xi.index(ref), xi.index(other)
-                        between, within = m[i][k], statistics.fmean(v for v in (m[i][i], m[k][k]) if not math.isnan(v)) if not (math.isnan(m[i][i]) and math.isnan(m[k][k])) else float("nan")
-                        judged = "no seed repeats to compare with" if math.isnan(within) else (
-                            f"lower than between seeds by more than 0.05 (a fixed margin, not a test): {self.x_key} "
-                            "changes which groups are pruned beyond seed noise"
-                            if between < within - 0.05 else f"not lower than between seeds by more than 0.05: {self.x_key} "
-                            "does not change the decisions beyond seed noise")
-                        lines.append(f"- [{label}] removed {block} groups, {self.x_key} {ref} vs {other}: Jaccard {between:.2f} "
-                                     f"vs {within:.2f} between seeds at the same {self.x_key} — {judged}.")
-        return lines
-
-    @staticmethod
-    def paired_p(jobs_a: list[dict], jobs_b: list[dict], value) -> float | None:
-        """Paired t-test p over seeds, only where the design pairs them: every job draws its calibration
-        text as blocks (``calibration_block``) under one token budget, so one seed means the same text in
-        both arms. ``None`` where the design does not pair, or fewer than two seeds are shared."""
-        jobs = jobs_a + jobs_b
-        design = {(setting(j, "calibration_block"), setting(j, "token_budget")) for j in jobs}
-        if len(design) != 1 or None in next(iter(design)):
-            return None
-        arm_a = {setting(j, "seed"): value(j["metrics"]) for j in jobs_a}
-        arm_b = {setting(j, "seed"): value(j["metrics"]) for j in jobs_b}
-        seeds = sorted(k for k in arm_a.keys() & arm_b.keys() if arm_a[k] is not None and arm_b[k] is not None)
-        diffs = [arm_b[k] - arm_a[k] for k in seeds]
-        if len(seeds) < 2 or len(set(diffs)) < 2:
-            return None
-        from scipy.stats import ttest_rel
-
-        return float(ttest_rel([arm_b[k] for k in seeds], [arm_a[k] for k in seeds]).pvalue)
-
-    def _verdict(self, what: str, ref, other, a: list[float], b: list[float], lower_is_better: bool,
-                 paired: float | None = None) -> str:
-        ma, sa, na = mean_sd(a)
-        mb, sb, nb = mean_sd(b)
-        diff = mb - ma
-        rel = 100 * diff / ma if ma else float("nan")
-        spread = max(v for v in (sa, sb, 0.0) if not math.isnan(v))
-        # a t-test on two constant samples reports p = 0: with no noise there is nothing to test against
-        p = welch_p(a, b) if spread > 0 else float("nan")
-        if na < 2 or nb < 2:
-            judged = "no seed repeats: cannot be judged against noise"
-        elif spread == 0:
-            judged = "every seed gives the same value in both: no seed noise to judge the difference against"
-        elif abs(diff) > 2 * spread and (math.isnan(p) or p < 0.05):
-            better = (diff < 0) == lower_is_better
-            judged = f"exceeds seed-to-seed spread ({self.x_key}={other if better else ref} is better)"
-        else:
-            judged = "within seed-to-seed spread (no detectable difference)"
-        p_text = "" if math.isnan(p) else f", Welch p={p:.3f}"
-        if paired is not None:
-            p_text += f", paired by seed (same text) p={paired:.3f}"
-        return (f"- {what}: {self.x_key}={ref}: {ma:.4g} ± {sa:.2g} (n={na}) vs {self.x_key}={other}: {mb:.4g} ± {sb:.2g} "
-                f"(n={nb}); difference {diff:+.4g} ({rel:+.1f}%{p_text}) — {judged}.")
+                        for measure, name in (("", "Spearman"), ("_wtau", "weighted tau")):
+                            add(f"importance accuracy ({name}, {block}; truth on {truth}-token windows)",
+                                lambda m, T=truth, k=f"{block}{measure}": (((m.get("importance_accuracy") or {}).get("by_truth") or {}).get(T) or {}).get(k),
+                                "spearman", False)
+                for block in ("attention", "mlp"):
+                    arms = [{setting(j, "seed"): removed_sets(j["plan"])[block] for j in g if j["plan"]} for g in (a, b)]
+                    row = overlap_verdict(label, block, self.x_key, ref, other, *arms)
+                    if row is not None:
+                        row["series"] = label
+                        rows.append(row)
+        return rows
 
     # --- markdown
     def markdown(self, verdict_lines: list[str]) -> str:
@@ -519,18 +490,24 @@ class Report:
                      f"{', '.join([self.x_key] + self.series_keys) or 'nothing'} (seeds are repeats of one condition).")
         if self.stale:
             lines.append(f"Left out: job folder(s) {', '.join(self.stale)}, from an earlier launch into this folder "
-                         "(older than its multirun.yaml).")
+                         "(their settings are not a point of its multirun.yaml).")
         if self.ok:
             first = self.ok[0]["metrics"]["run"]
             fixed = {k: first.get(k) for k in KEYS if k not in [self.x_key] + self.series_keys}
             lines.append("Fixed: " + ", ".join(f"{k}={v}" for k, v in fixed.items() if v is not None) + ".")
-        lines += ["", "## Verdicts", ""]
-        lines += verdict_lines or ["- nothing to compare (a single condition)."]
+        lines += ["", "## Verdicts", "",
+                  "Each line: mean ± sd over seeds per setting, the test (paired by seed where one seed is the same "
+                  "calibration text in both arms, else Welch), and the minimal detectable effect (MDE: 80 % power, "
+                  "alpha 0.05, for this n and spread). 'No difference' is said only where the MDE is at most the effect "
+                  "in question (PPL: 2 %, the seed note's lower prediction; task accuracy: 1 point; rank agreement: "
+                  "0.05); otherwise 'cannot tell at this n'. No correction for the many lines; read a single p near "
+                  "0.05 with care.", ""]
+        lines += [v["text"] for v in verdict_lines] or ["- nothing to compare (a single condition)."]
         lines += ["", "## Perplexity", "", self._ppl_table(), ""]
         captions = {
             "ppl_after.png": "Perplexity after pruning (mean ± sd over seeds); dashed: before pruning.",
             "importance_accuracy.png": "Spearman correlation of each run's group scores with the true loss increase of removing that group alone (held-out text).",
-            "overlap.png": "Overlap (Jaccard) of the sets of removed groups: off-diagonal between settings, diagonal between seeds of one setting (the noise floor).",
+            "overlap.png": "Overlap (Jaccard) of the sets of removed groups, over pairs of different seeds only: off-diagonal between settings, diagonal within one setting (the noise floor).",
             "grad_by_layer.png": "Per-layer mean and std of |gradient| over the prunable weights, and the coefficient of variation of the per-batch mean across batches.",
             "kept_by_layer.png": "Fraction of attention groups and MLP channels kept in every layer.",
             "layer_importance.png": "Layer and block importance scores per layer (the criterion's own units), one line per setting.",
@@ -579,9 +556,10 @@ class Report:
         overlaps = self.plot_overlap()
         self.plot_layers()
         self.plot_cost()
-        verdict_lines = self.verdicts(overlaps)
-        (self.dir / "report.md").write_text(self.markdown(verdict_lines))
-        (self.dir / "verdicts.json").write_text(json.dumps({"verdicts": verdict_lines, "overlaps": overlaps}, indent=2, default=str))
+        verdicts = self.verdicts()
+        (self.dir / "report.md").write_text(self.markdown(verdicts))
+        (self.dir / "verdicts.json").write_text(json.dumps(
+            {"verdicts": [v["text"] for v in verdicts], "structured": verdicts, "overlaps": overlaps}, indent=2, default=str))
         if log_wandb:
             self.log_to_wandb()
         return self.dir / "report.md"
@@ -622,11 +600,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="prune-report", description="Aggregate a sweep folder into summary tables, figures and report.md.")
     parser.add_argument("sweep_dir", help="a multirun folder (outputs/sweeps/<...>) whose job folders hold metrics.json")
     parser.add_argument("--no-wandb", action="store_true", help="do not log the report to W&B")
+    parser.add_argument("--archive", metavar="DEST", help="copy the compact per-job files (no weights) to DEST and "
+                        "build the report there (how studies are committed: experiments/results/<name>)")
     args = parser.parse_args(argv)
     sweep = Path(args.sweep_dir)
     if not any(sweep.glob("*/metrics.json")):
         raise SystemExit(f"prune-report: no */metrics.json under {sweep}: is it a sweep folder?")
-    path = build_report(sweep, log_wandb=not args.no_wandb)
+    if args.archive:
+        from prune.findings import archive
+
+        n = archive(sweep, Path(args.archive))
+        print(f"archived {n} jobs to {args.archive}")
+        sweep = Path(args.archive)
+    path = build_report(sweep, log_wandb=not (args.no_wandb or args.archive))
     print(path.read_text())
     print(f"report written to {path}")
 

@@ -75,6 +75,15 @@ class TestbedTrainingSpec:
     long_batch: int = 4
     long_steps: int = 80
     seed: int = 0
+    # positive control (prune/testbed/control.py): long-range recall in this one KV group only
+    dedicated_layer: int | None = None
+    dedicated_group: int = 0
+    local_window: int = 512
+    local_batch: int = 4
+    local_steps: int = 600
+    copy_lr: float = 1e-2
+    copy_embeddings: bool = True
+    silence_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -117,8 +126,15 @@ def data_dir(spec: CorpusSpec, cache_dir: str | os.PathLike) -> Path:
     return _testbed_root(cache_dir) / f"data-{_digest([BUILD_VERSION, asdict(spec)])}"
 
 
+CONTROL_FIELDS = ("dedicated_layer", "dedicated_group", "local_window", "local_batch", "local_steps", "copy_lr", "copy_embeddings", "silence_weight")
+
+
 def model_dir(spec: TestbedSpec, cache_dir: str | os.PathLike) -> Path:
-    return _testbed_root(cache_dir) / f"model-{_digest([BUILD_VERSION, asdict(spec)])}"
+    identity = asdict(spec)
+    if spec.training.dedicated_layer is None:  # the control's settings shape nothing else: old caches stay valid
+        for key in CONTROL_FIELDS:
+            identity["training"].pop(key)
+    return _testbed_root(cache_dir) / f"model-{_digest([BUILD_VERSION, identity])}"
 
 
 def _locked_build(target: Path, build) -> Path:
@@ -245,11 +261,6 @@ def train_model(spec: TestbedSpec, train_stream: torch.Tensor, progress: bool = 
     from transformers import LlamaForCausalLM
 
     t, c = spec.training, spec.corpus
-    torch.manual_seed(t.seed)
-    rng = np.random.default_rng(t.seed)
-    model = LlamaForCausalLM._from_config(model_config(spec), attn_implementation="sdpa")
-    model.train()
-
     dense_spec = {"min_gap": t.warmup_min_gap, "max_gap": t.warmup_max_gap, "first_mention_within": 32}
     dense_docs = generate_documents(
         CorpusSpec(**{**asdict(c), "doc_tokens": max(t.doc_window, t.warmup_window)}), t.dense_docs, t.seed + 77,
@@ -257,6 +268,18 @@ def train_model(spec: TestbedSpec, train_stream: torch.Tensor, progress: bool = 
     )
     dense = torch.tensor([[BOS_ID] + d[:-1] for d in dense_docs])
     held_out_dense, dense = dense[:4], dense[4:]
+
+    def new_model():
+        return LlamaForCausalLM._from_config(model_config(spec), attn_implementation="sdpa")
+
+    if t.dedicated_layer is not None:
+        from prune.testbed.control import train_dedicated
+
+        return train_dedicated(spec, train_stream, dense, held_out_dense, new_model, recall_accuracy, _random_windows, progress)
+    torch.manual_seed(t.seed)
+    rng = np.random.default_rng(t.seed)
+    model = new_model()
+    model.train()
 
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(0.9, 0.98), weight_decay=0.01)
     planned = t.warmup_max_steps + t.doc_steps + t.long_steps
