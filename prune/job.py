@@ -5,6 +5,7 @@ point. Every check that can fail cheaply runs before the model is loaded.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -189,6 +190,8 @@ def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> d
     _write_json(out / "metrics.json", metrics)
     tracker, recorder, ok = None, None, False
     try:
+        with contextlib.suppress(Exception):  # best effort: a refused job still says what it was in the report
+            metrics["run"] = _run_info(cfg)
         preflight(cfg, out)  # types first: nothing below may trip over a malformed value
         metrics.update(run=_run_info(cfg), config_digest=config_digest(cfg))
         if cfg.get("threads"):
