@@ -288,6 +288,11 @@ def _prepare(cfg: DictConfig, metrics: dict, recorder: PhaseRecorder) -> Prepare
             raise ConfigError(f"importance={method.name} with prefix_cache needs sdpa attention, not "
                               f"model.attn_implementation={impl}; set importance.prefix_cache=false")
     tasks, task_dirs = _downstream_tasks(cfg, model_source)
+    if not cfg.progress:  # datasets draws its own bars ("Generating train split") unless told not to
+        with contextlib.suppress(ImportError):
+            import datasets
+
+            datasets.disable_progress_bars()
     with recorder.phase("data"):
         data = _load_data(cfg, model_source, data_source, model_config, lengths, (importance, layer_method), metrics)
     _announce_memory(cfg, model_config, lengths, importance, metrics)  # after the last refusal: one line

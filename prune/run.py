@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 def _hydra_refusal(exc: BaseException) -> str | None:
     """One line for an error Hydra raises before the job starts (unknown key / option, bad override,
     unwritable output folder); None for anything else (a bug)."""
-    from hydra.errors import HydraException, InstantiationException
+    from hydra.errors import HydraException, InstantiationException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
     from prune.errors import first_line
@@ -198,6 +198,8 @@ def _hydra_refusal(exc: BaseException) -> str | None:
                 "(hydra.run.dir=<folder>, hydra.sweep.dir=<folder> or PRUNE_LAB_OUTPUTS)")
     if isinstance(exc, InstantiationException) or not isinstance(exc, (HydraException, OmegaConfBaseException)):
         return None
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse the override '{exc.override}': {first_line(exc)}"
     cause = exc.__cause__
     key = getattr(cause, "full_key", None)
     if key and "not in struct" in str(cause):

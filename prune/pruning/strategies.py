@@ -31,18 +31,18 @@ BLOCKS = (ATTENTION, MLP)
 
 
 def ratio_deviation(target: float | None, achieved: float, shape: ModelShape, what: str) -> str | None:
-    """One line when the achieved fraction misses ``target`` by more than one group's cost (else None).
+    """One line when the achieved fraction misses ``target`` by more than the smallest unit's cost (else None).
 
-    Within one group (an attention group, the largest width unit) the difference is the granularity of
-    width pruning; beyond it (whole layers or blocks, protections, ``width_multiple``) the user is told.
+    Within one MLP channel the difference is mere granularity; beyond it (a whole attention group, layer
+    or block, the protections, ``width_multiple`` rounding) the user is told: 0.3 asked, 0.333 removed.
     """
     if target is None or not shape.prunable_params:
         return None
-    unit = max(shape.attention_group_params, shape.mlp_channel_params) / shape.prunable_params
+    unit = min(shape.attention_group_params, shape.mlp_channel_params) / shape.prunable_params
     if abs(achieved - target) <= unit:
         return None
     return (f"{what}: pruning.ratio={target} asked, {achieved:.3f} of the prunable parameters removed "
-            f"(units of pruning are discrete; one group is {unit:.3f})")
+            f"(the units of pruning are discrete; the smallest is {unit:.4f})")
 
 
 def normalize_per_layer(scores: GroupScores, how: str) -> GroupScores:
