@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import statistics
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -631,8 +632,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-wandb", action="store_true", help="do not log the report to W&B")
     args = parser.parse_args(argv)
     sweep = Path(args.sweep_dir)
-    if not any(sweep.glob("*/metrics.json")):
-        raise SystemExit(f"prune-report: no */metrics.json under {sweep}: is it a sweep folder?")
+    if not any(sweep.glob("*/metrics.json")):  # a refusal: one line, exit status 2 (as prune-run)
+        print(f"prune-report: error: no */metrics.json under {sweep}: is it a sweep folder?", file=sys.stderr)
+        raise SystemExit(2)
     path = build_report(sweep, log_wandb=not args.no_wandb)
     print(path.read_text())
     print(f"report written to {path}")

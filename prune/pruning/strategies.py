@@ -42,7 +42,7 @@ def ratio_deviation(target: float | None, achieved: float, shape: ModelShape, wh
     if abs(achieved - target) <= unit:
         return None
     return (f"{what}: pruning.ratio={target} asked, {achieved:.3f} of the prunable parameters removed "
-            f"(the units of pruning are discrete; the smallest is {unit:.4f})")
+            "(whole groups, blocks or layers, within the protections)")
 
 
 def normalize_per_layer(scores: GroupScores, how: str) -> GroupScores:
