@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from prune.errors import ConfigError, PruneLabError, first_line, instantiate_checked
+from prune.errors import ConfigError, first_line, instantiate_checked
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
@@ -315,4 +315,4 @@ def check_logger(logger: dict) -> None:
         raise ConfigError(f"WANDB_MODE={env} is unknown: set it to offline, online or disabled (or unset it)")
 
 
-__all__ = ["PruneLabError", "build_parts", "preflight"]
+__all__ = ["build_parts", "check_writable", "preflight", "suggest"]
