@@ -39,6 +39,8 @@ import random
 import time
 from pathlib import Path
 
+from prune.errors import DownstreamError  # re-exported: defined with the other refusals
+
 log = logging.getLogger(__name__)
 
 # The standard zero-shot set of the structured-pruning literature -> the metric reported (LLM-Pruner's).
@@ -61,10 +63,6 @@ TASK_METRICS: dict[str, str] = {
 LOCAL_TESTBED_HINT = "the local testbed tasks testbed_longrange / testbed_local (prune.testbed.tasks, no download)"
 INSTALL_HINT = "downstream tasks need lm-eval: pip install -e .[eval]"
 PACKAGED_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas"}
-
-
-class DownstreamError(ValueError):
-    """A downstream-evaluation setting that cannot work; the one-line message says why."""
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -5,6 +5,7 @@ point. Every check that can fail cheaply runs before the model is loaded.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -19,21 +20,21 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from prune.cache import cached, fingerprint, tensor_digest
-from prune.data import DataError, calibration_windows, tokenize_documents
+from prune.data import calibration_windows, tokenize_documents
+from prune.errors import ConfigError, DataError, PruneLabError, PruningError, UnsupportedModelError, first_line
 from prune.evaluate import effective_lengths, evaluate_lengths
 from prune.importance import Calibration, ImportanceResult
 from prune.models import max_positions, resolve_device, resolve_dtype
 from prune.profiling import PhaseRecorder
-from prune.pruning import PruningError, apply_plan
-from prune.structure import ATTENTION, MLP, UnsupportedModelError, model_shape, shape_from_config
+from prune.preflight import build_parts, check_writable, preflight
+from prune.pruning import apply_plan, ratio_deviation
+from prune.structure import ATTENTION, MLP, model_shape, shape_from_config
 
 log = logging.getLogger(__name__)
-USER_ERRORS = (DataError, UnsupportedModelError, PruningError, ValueError)
+# Refusals: exit status 2 and one line. Anything else is a bug (exit 1, traceback in run.log / metrics.json).
+USER_ERRORS = (PruneLabError,)
 ROLES = ("taylor", "layer", "block")
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work; the message says which and how to fix it."""
+__all__ = ["ConfigError", "DataError", "PruningError", "USER_ERRORS", "UnsupportedModelError", "run_job"]
 
 
 def config_digest(cfg: DictConfig) -> str:
@@ -45,7 +46,7 @@ def config_digest(cfg: DictConfig) -> str:
     import hashlib
 
     data = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("force", "progress", "logger"):
+    for key in ("force", "progress", "logger", "threads"):
         data.pop(key, None)
     model = data.get("model")
     if isinstance(model, dict):
@@ -178,26 +179,32 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> dict:
-    """Run one job; always writes ``metrics.json`` (``status: ok`` or ``failed`` with the error)."""
+    """Run one job; always writes ``metrics.json``: ``status`` ``ok``, or ``refused`` (a ``PruneLabError``,
+    before any work where the check needs no model), ``interrupted`` (Ctrl-C) or ``failed`` (a bug: with
+    the traceback), and ``error``. Refusals come before the W&B run starts."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "the output folder", "hydra.run.dir=<folder> / hydra.sweep.dir=<folder> or PRUNE_LAB_OUTPUTS")
     started = time.time()
     metrics: dict = {"status": "running", "output_dir": str(out)}
     # Replace whatever an earlier run left here at once: a job killed from now on reads as unfinished.
     _write_json(out / "metrics.json", metrics)
     tracker, recorder, ok = None, None, False
     try:
+        with contextlib.suppress(Exception):  # best effort: a refused job still says what it was in the report
+            metrics["run"] = _run_info(cfg)
+        preflight(cfg, out)  # types first: nothing below may trip over a malformed value
         metrics.update(run=_run_info(cfg), config_digest=config_digest(cfg))
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg.threads))
         recorder = PhaseRecorder(resolve_device(cfg.model.get("device", "auto")))
+        prepared = _prepare(cfg, metrics, recorder)
         tracker = instantiate(cfg.logger)
         tracker.start(OmegaConf.to_container(cfg, resolve=True), run_name(cfg), group, "prune", str(out))
-        _pipeline(cfg, out, metrics, recorder, tracker)
+        _pipeline(cfg, out, metrics, recorder, tracker, prepared)
         ok = True
         metrics["status"] = "ok"
     except BaseException as exc:
-        metrics["status"] = "failed"
-        metrics["error"] = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-        metrics["traceback"] = traceback.format_exc()
+        metrics.update(failure_record(exc))
         raise
     finally:
         metrics["timings"] = {**(recorder.timings if recorder else {}), "total": time.time() - started}
@@ -210,6 +217,16 @@ def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> d
             finally:
                 tracker.finish(ok)
     return metrics
+
+
+def failure_record(exc: BaseException) -> dict:
+    """``status`` / ``error`` (/ ``traceback``) of a job that did not finish."""
+    error = f"{type(exc).__name__}: {first_line(exc)}"
+    if isinstance(exc, PruneLabError):
+        return {"status": "refused", "error": error}
+    if isinstance(exc, KeyboardInterrupt):
+        return {"status": "interrupted", "error": "interrupted (KeyboardInterrupt)"}
+    return {"status": "failed", "error": error, "traceback": traceback.format_exc()}
 
 
 def _run_info(cfg: DictConfig) -> dict:
@@ -241,14 +258,23 @@ class EvalData:
     max_tokens: int | None
 
 
-def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder, tracker) -> None:
-    progress = bool(cfg.progress)
-    model_source = instantiate(cfg.model)
-    data_source = instantiate(cfg.data)
-    importance = instantiate(cfg.importance)
-    strategy = instantiate(cfg.pruning)
+@dataclass
+class Prepared:
+    """What the cheap checks and the data phase hand to the pipeline."""
 
-    # 1. Cheap checks, then data: everything that can be refused is refused before the model loads.
+    model_source: object
+    importance: object
+    strategy: object
+    layer_method: object
+    lengths: dict
+    tasks: list[str]
+    task_dirs: list[str]
+    data: EvalData
+
+
+def _prepare(cfg: DictConfig, metrics: dict, recorder: PhaseRecorder) -> Prepared:
+    """Checks against the model's config, then data: everything refusable is refused before the model loads."""
+    model_source, data_source, importance, strategy = build_parts(cfg)
     model_config = model_source.config()
     lengths = validate(cfg, model_config, importance)
     layer_method = layer_method_for(strategy, importance)
@@ -256,12 +282,30 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
         check_compatibility(strategy, importance, layer_method, shape_from_config(model_config))
     except PruningError as exc:
         raise ConfigError(str(exc)) from exc
+    impl = cfg.model.get("attn_implementation") or "sdpa"
+    for method in (importance, layer_method):
+        if getattr(method, "prefix_cache", False) and impl not in ("sdpa", "flash_attention_2", "flash_attention_3"):
+            raise ConfigError(f"importance={method.name} with prefix_cache needs sdpa attention, not "
+                              f"model.attn_implementation={impl}; set importance.prefix_cache=false")
     tasks, task_dirs = _downstream_tasks(cfg, model_source)
-    _announce_memory(cfg, model_config, lengths, importance, metrics)
+    if not cfg.progress:  # datasets draws its own bars ("Generating train split") unless told not to
+        with contextlib.suppress(ImportError):
+            import datasets
+
+            datasets.disable_progress_bars()
     with recorder.phase("data"):
         data = _load_data(cfg, model_source, data_source, model_config, lengths, (importance, layer_method), metrics)
+    _announce_memory(cfg, model_config, lengths, importance, metrics)  # after the last refusal: one line
+    return Prepared(model_source, importance, strategy, layer_method, lengths, tasks, task_dirs, data)
 
-    # 2. The dense model: load, evaluate (cached across jobs), downstream tasks.
+
+def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder, tracker, prepared: Prepared) -> None:
+    progress = bool(cfg.progress)
+    p = prepared
+    model_source, importance, strategy, layer_method = p.model_source, p.importance, p.strategy, p.layer_method
+    lengths, tasks, task_dirs, data = p.lengths, p.tasks, p.task_dirs, p.data
+
+    # The dense model: load, evaluate (cached across jobs), downstream tasks.
     with recorder.phase("load_model"):
         model = model_source.load()
     shape = model_shape(model)
@@ -296,7 +340,7 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
             else:
                 tasks_before = downstream("before")
 
-    # 3. Importance (group scores and/or layer scores), and how accurate it is.
+    # Importance (group scores and/or layer scores), and how accurate it is.
     calibration = Calibration(data.windows, cfg.batch_size, seed=cfg.seed, progress=progress)
     with recorder.phase("importance"):
         result: ImportanceResult = importance.score(model, calibration)
@@ -312,7 +356,7 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
                 cfg, model, data.test_stream, data.lengths, result, model_id, stream_id, progress
             )
 
-    # 4. Prune, evaluate again, save.
+    # Prune, evaluate again, save.
     with recorder.phase("pruning"):
         plan = strategy.plan(result.scores, shape, result.layer_scores)
         apply_plan(model, plan)
@@ -330,8 +374,12 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
     else:
         metrics["pruned_model_dir"] = None
 
-    # 5. Record: metrics, plan, scores, plots, W&B.
+    # Record: metrics, plan, scores, plots, W&B.
     _record(cfg, out, metrics, tracker, model, shape, total_before, before, after, result, plan)
+    note = ratio_deviation(strategy.ratio, metrics["prunable_ratio_removed"], shape, f"pruning={strategy.name}")
+    if note:
+        metrics["ratio_note"] = note
+        log.warning("%s", note)
 
 
 def _load_data(cfg, model_source, data_source, model_config, lengths, methods, metrics) -> EvalData:
@@ -512,6 +560,8 @@ def summary_table(metrics: dict) -> str:
             f"(prunable removed {100 * metrics['prunable_ratio_removed']:.1f}%, "
             f"whole model {100 * metrics['total_ratio_removed']:.1f}%)"
         )
+    if metrics.get("ratio_note"):
+        lines.append(metrics["ratio_note"])
     for task, after in (metrics.get("acc_after") or {}).items():
         before = (metrics.get("acc_before") or {}).get(task)
         change = f"{100 * (after - before):+.1f} points" if before is not None else ""

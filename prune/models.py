@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from prune.errors import ConfigError
 from prune.structure import UnsupportedModelError, check_config, check_modules
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
-        raise ValueError(f"unknown model.dtype '{dtype}': choose auto, {', '.join(DTYPES)}")
+        raise ConfigError(f"model.dtype={dtype} is unknown: choose auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 

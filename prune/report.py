@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import statistics
+import sys
 from pathlib import Path
 
 from prune.stats import compare, jaccard, mean_sd
@@ -167,6 +168,12 @@ class Report:
         self.x_key = (preferred or varying or ["seq_len"])[0]
         self.series_keys = [k for k in varying if k != self.x_key and not (self.x_key == "seq_len" and k == "num_samples" and "token_budget" in varying)]
         self.figures: dict[str, str] = {}
+
+    def varied(self) -> list[str]:
+        """What really varied across the launched jobs, failed ones included (the axes above come from the
+        ok jobs only; with one ok job they fall back to seq_len, which need not have varied at all)."""
+        keys = varying_keys(self.jobs)
+        return [k for k in keys if not (k == "num_samples" and "token_budget" in keys)]
 
     # --- grouping helpers
     def series(self) -> dict[tuple, list[dict]]:
@@ -486,14 +493,15 @@ class Report:
     def markdown(self, verdict_lines: list[str]) -> str:
         failed = [j for j in self.jobs if j["metrics"].get("status") != "ok"]
         lines = [f"# Sweep report: {self.dir.name}", ""]
+        varied = self.varied()
         lines.append(f"{len(self.jobs)} jobs: {len(self.ok)} ok, {len(failed)} failed. Varying: "
-                     f"{', '.join([self.x_key] + self.series_keys) or 'nothing'} (seeds are repeats of one condition).")
+                     f"{', '.join(varied) or 'nothing'} (seeds are repeats of one condition).")
         if self.stale:
             lines.append(f"Left out: job folder(s) {', '.join(self.stale)}, from an earlier launch into this folder "
                          "(their settings are not a point of its multirun.yaml).")
         if self.ok:
             first = self.ok[0]["metrics"]["run"]
-            fixed = {k: first.get(k) for k in KEYS if k not in [self.x_key] + self.series_keys}
+            fixed = {k: first.get(k) for k in KEYS if k not in [self.x_key] + self.series_keys + varied}
             lines.append("Fixed: " + ", ".join(f"{k}={v}" for k, v in fixed.items() if v is not None) + ".")
         lines += ["", "## Verdicts", "",
                   "Each line: mean ± sd over seeds per setting, the test (paired by seed where one seed is the same "
@@ -604,8 +612,9 @@ def main(argv: list[str] | None = None) -> None:
                         "build the report there (how studies are committed: experiments/results/<name>)")
     args = parser.parse_args(argv)
     sweep = Path(args.sweep_dir)
-    if not any(sweep.glob("*/metrics.json")):
-        raise SystemExit(f"prune-report: no */metrics.json under {sweep}: is it a sweep folder?")
+    if not any(sweep.glob("*/metrics.json")):  # a refusal: one line, exit status 2 (as prune-run)
+        print(f"prune-report: error: no */metrics.json under {sweep}: is it a sweep folder?", file=sys.stderr)
+        raise SystemExit(2)
     if args.archive:
         from prune.findings import archive
 

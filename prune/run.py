@@ -55,6 +55,8 @@ def _print_summary(metrics: dict) -> None:
         f"(prunable removed {100 * metrics['prunable_ratio_removed']:.1f}%, "
         f"whole model {100 * metrics['total_ratio_removed']:.1f}%)"
     )
+    if metrics.get("ratio_note"):
+        console.print(metrics["ratio_note"])
     console.print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in metrics["timings"].items()))
     console.print("peak memory (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in metrics["peak_memory_mb"].items()))
     console.print(f"outputs: {metrics['output_dir']}")
@@ -71,15 +73,36 @@ def already_finished(out_dir: Path, cfg: DictConfig) -> dict | None:
         return None
     try:
         metrics = json.loads(path.read_text())
-    except json.JSONDecodeError:
+        digest = config_digest(cfg)
+    except Exception:  # noqa: BLE001 - unreadable file or a malformed setting: not finished; the job's checks say why
         return None
-    if metrics.get("status") == "ok" and metrics.get("config_digest") == config_digest(cfg):
+    if metrics.get("status") == "ok" and metrics.get("config_digest") == digest:
         return metrics
     return None
 
 
+def discard_refused_folder(out_dir: Path) -> bool:
+    """Remove a single run's folder that holds nothing but Hydra's files and a refusal (nothing was computed)."""
+    import json
+    import shutil
+
+    if not out_dir.is_dir() or not {p.name for p in out_dir.iterdir()} <= {".hydra", "run.log", "metrics.json"}:
+        return False
+    metrics = out_dir / "metrics.json"
+    if metrics.exists():
+        try:
+            if json.loads(metrics.read_text()).get("status") != "refused":
+                return False
+        except json.JSONDecodeError:
+            return False
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return True
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def app(cfg: DictConfig) -> float | None:
+    """One job. Refusal: one line, exit 2 (a multirun records it and goes on). Bug: traceback, exit 1."""
+    from prune.errors import first_line
     from prune.job import USER_ERRORS, run_job
 
     hydra_cfg = HydraConfig.get()
@@ -87,24 +110,112 @@ def main(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     group = Path(hydra_cfg.sweep.dir).name if multirun else None
     try:
-        finished = None if cfg.force else already_finished(out_dir, cfg)
+        finished = None if cfg.get("force") is True else already_finished(out_dir, cfg)
         if finished is not None:
             log.info("skipping %s: it already finished (status ok) with the same config; force=true re-runs it", out_dir)
             return next(iter(finished.get("ppl_after", {}).values()), None)
         metrics = run_job(cfg, out_dir, group=group)
         _print_summary(metrics)
     except USER_ERRORS as exc:
-        log.error("error: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        log.error("error: %s", first_line(exc))
         if multirun:
-            return None  # recorded in metrics.json; the sweep goes on
+            return None  # recorded in metrics.json; the sweep goes on and exits non-zero at its end
+        discard_refused_folder(out_dir)
         sys.exit(2)
+    except KeyboardInterrupt:
+        log.error("interrupted: %s says status interrupted", out_dir / "metrics.json")
+        raise  # a multirun stops too; main() exits 130
     except Exception:
-        log.exception("job failed (recorded in %s)", out_dir / "metrics.json")
+        log.exception("job failed: a bug (traceback also in %s and %s)", out_dir / "run.log", out_dir / "metrics.json")
         if multirun:
             return None
-        raise
+        sys.exit(1)
     return next(iter(metrics["ppl_after"].values()), None)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``prune-run``: the Hydra app, with every way out turned into an exit status.
+
+    0 ok; 2 a refused setting or input (one line on stderr: Hydra's own refusals such as an unknown key
+    or option are condensed to one line too); 1 a bug (traceback), or a multirun in which a job did not
+    finish ok (after its report is built); 130 interrupted (Ctrl-C).
+    """
+    import os
+
+    from prune import callbacks
+    from prune.errors import PruneLabError, first_line
+
+    saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    if argv is not None:
+        sys.argv = [saved_argv[0] if saved_argv else "prune-run", *argv]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own multi-line report
+    callbacks.SWEEP_OUTCOME.clear()
+    try:
+        app()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        print("prune-run: interrupted", file=sys.stderr)
+        return 130
+    except PruneLabError as exc:
+        print(f"prune-run: error: {first_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - sorted below: Hydra refusals, output folder, or a bug
+        line = _hydra_refusal(exc)
+        if line is None:
+            import traceback
+
+            traceback.print_exc()
+            return 1
+        print(f"prune-run: error: {line}", file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = saved_argv
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
+    outcome = dict(callbacks.SWEEP_OUTCOME)
+    if outcome.get("not_ok"):
+        print(f"prune-run: {outcome['not_ok']} of {outcome['jobs']} jobs did not finish ok ({outcome['detail']}); "
+              f"see {outcome['report']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _hydra_refusal(exc: BaseException) -> str | None:
+    """One line for an error Hydra raises before the job starts (unknown key / option, bad override,
+    unwritable output folder); None for anything else (a bug)."""
+    from hydra.errors import HydraException, InstantiationException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from prune.errors import first_line
+    from prune.preflight import suggest
+
+    if isinstance(exc, OSError) and not isinstance(exc, (HydraException, OmegaConfBaseException)):
+        where = exc.filename or "the output folder"
+        return (f"cannot write {where} ({exc.strerror or first_line(exc)}); choose a writable output folder "
+                "(hydra.run.dir=<folder>, hydra.sweep.dir=<folder> or PRUNE_LAB_OUTPUTS)")
+    if isinstance(exc, InstantiationException) or not isinstance(exc, (HydraException, OmegaConfBaseException)):
+        return None
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse the override '{exc.override}': {first_line(exc)}"
+    cause = exc.__cause__
+    key = getattr(cause, "full_key", None)
+    if key and "not in struct" in str(cause):
+        return f"unknown setting {key}: {suggest(str(key))}"
+    text = str(exc).split("Config search path")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0]
+    options = next((i for i, line in enumerate(lines) if line.startswith("Available options")), None)
+    if options is not None:
+        text += f"; {lines[options]} {', '.join(lines[options + 1:])}"
+    elif cause is not None and first_line(cause) not in text:
+        text += f": {first_line(cause)}"
+    return text
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from prune.errors import UnsupportedModelError  # re-exported: defined with the other refusals
 from prune.modeling_pruned import NullAttention, NullMLP
 
 ATTENTION = "attention"
@@ -34,10 +35,6 @@ PROJECTIONS = {
     "down_proj": (MLP, ("mlp", "down_proj"), "in"),
 }
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
-
-
-class UnsupportedModelError(ValueError):
-    """The model is not a LLaMA-architecture causal LM that prune-lab can prune."""
 
 
 def base_model_type(config) -> str:

@@ -70,7 +70,7 @@ def test_too_little_calibration_text_fails_before_the_model_loads(tiny_testbed, 
     with pytest.raises(DataError, match="too few for num_samples=8 x seq_len=64"):
         run_job(cfg, tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert saved["status"] == "failed" and "too few" in saved["error"]
+    assert saved["status"] == "refused" and "too few" in saved["error"]
     assert "load_model" not in saved["timings"]
 
 
@@ -157,15 +157,15 @@ def test_a_rerun_marks_the_folder_unfinished_before_any_work(tmp_path, monkeypat
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "ok", "config_digest": "from-an-earlier-run"}))
     seen = []
 
-    def pipeline(cfg, out, metrics, recorder, tracker):
-        seen.append(json.loads((out / "metrics.json").read_text())["status"])
+    def prepare(cfg, metrics, recorder):
+        seen.append(json.loads((tmp_path / "metrics.json").read_text())["status"])
         raise KeyboardInterrupt  # as if killed
 
-    monkeypatch.setattr(prune.job, "_pipeline", pipeline)
+    monkeypatch.setattr(prune.job, "_prepare", prepare)
     with pytest.raises(KeyboardInterrupt):
         run_job(compose_config(*FAST, "logger=none"), tmp_path)
     assert seen == ["running"]
-    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "interrupted"
 
 
 def test_a_setting_that_breaks_before_the_pipeline_is_still_recorded(tmp_path):
@@ -173,4 +173,4 @@ def test_a_setting_that_breaks_before_the_pipeline_is_still_recorded(tmp_path):
     with pytest.raises(Exception):
         run_job(cfg, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["status"] == "failed" and metrics["error"]
+    assert metrics["status"] == "refused" and "seq_len=0" in metrics["error"]

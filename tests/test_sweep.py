@@ -75,10 +75,11 @@ def test_rerunning_the_sweep_skips_finished_jobs_and_redoes_missing_ones(sweep, 
 def test_a_failing_job_is_recorded_and_the_report_still_comes_out(tiny_testbed, tmp_path):
     # tiny testbed: max positions 1024, so seq_len=2048 fails its checks; the other job runs
     out = prune_run("-m", "seq_len=128,2048", *SMALL, "logger=none", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 1, out.stderr[-3000:]  # after the report: a script notices the refused job
+    assert "1 of 2 jobs did not finish ok (refused: 1)" in out.stderr.splitlines()[-1]
     rows = {r["seq_len"]: r for r in csv.DictReader(open(tmp_path / "s" / "summary.csv"))}
     assert rows["128"]["status"] == "ok"
-    assert rows["2048"]["status"] == "failed" and "max_position_embeddings" in rows["2048"]["error"]
+    assert rows["2048"]["status"] == "refused" and "max_position_embeddings" in rows["2048"]["error"]
     assert "## Failed jobs" in (tmp_path / "s" / "report.md").read_text()
 
 

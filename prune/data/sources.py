@@ -10,11 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from prune.errors import DataError  # re-exported: defined with the other refusals
+
 Split = Literal["train", "test"]
-
-
-class DataError(ValueError):
-    """A data set that cannot be used; the message is one line saying what to do."""
 
 
 def _first_line(exc: BaseException) -> str:
@@ -104,9 +102,9 @@ class TextFilesSource(HubSource):
         train, test = _as_list(self.train_files), _as_list(self.eval_files)
         if not train or not test:
             raise DataError("data=text needs data.train_files=<file(s)> and data.eval_files=<file(s)>")
-        for f in train + test:
-            if not Path(f).is_file():
-                raise DataError(f"text file not found: {f}")
+        for setting, files in (("data.train_files", train), ("data.eval_files", test)):
+            for f in files:
+                check_text_file(f, setting)
         same = {str(Path(f).resolve()) for f in train} & {str(Path(f).resolve()) for f in test}
         if same:
             raise DataError(
@@ -138,8 +136,7 @@ class TextSplitSource:
     def __post_init__(self):
         if not self.file:
             raise DataError("data=text_split needs data.file=<text file>")
-        if not Path(os.path.expanduser(self.file)).is_file():
-            raise DataError(f"text file not found: {self.file}")
+        check_text_file(self.file, "data.file")
         if not 0 < self.test_fraction < 1:
             raise DataError(f"data.test_fraction={self.test_fraction} must lie strictly between 0 and 1")
 
@@ -152,6 +149,30 @@ class TextSplitSource:
 
     def describe(self) -> str:
         return f"{Path(self.file).name} (split {1 - self.test_fraction:.0%}/{self.test_fraction:.0%})"
+
+
+def check_text_file(file, setting: str, probe_bytes: int = 1 << 16) -> None:
+    """Refuse (naming the file) a text file that is missing, unreadable, empty, or not UTF-8 text."""
+    import codecs
+
+    path = Path(os.path.expanduser(str(file)))
+    if not path.exists():
+        raise DataError(f"{setting}: text file not found: {file}")
+    if not path.is_file():
+        raise DataError(f"{setting}: {file} is not a file")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(probe_bytes)
+    except OSError as exc:
+        raise DataError(f"{setting}: cannot read {file} ({exc.strerror or _first_line(exc)})") from exc
+    if not head.strip():
+        raise DataError(f"{setting}: {file} is empty")
+    try:
+        if b"\0" in head:
+            raise UnicodeDecodeError("utf-8", head, head.index(b"\0"), head.index(b"\0") + 1, "NUL byte")
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{setting}: {file} is not UTF-8 text (byte {exc.start} is not text); give a plain text file") from exc
 
 
 def _plain(value):

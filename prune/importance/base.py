@@ -12,6 +12,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from prune.errors import ConfigError
 from prune.structure import GroupScores
 
 REGISTRY: dict[str, tuple[type["ImportanceMethod"], dict]] = {}
@@ -29,7 +30,7 @@ def register(name: str, **defaults):
 
 def build(name: str, **kwargs) -> "ImportanceMethod":
     if name not in REGISTRY:
-        raise ValueError(f"unknown importance method '{name}': choose one of {', '.join(sorted(REGISTRY))}")
+        raise ConfigError(f"unknown importance method '{name}' (pruning.layer_importance?): choose one of {', '.join(sorted(REGISTRY))}")
     cls, defaults = REGISTRY[name]
     return cls(name=name, **{**defaults, **kwargs})
 

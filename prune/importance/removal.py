@@ -20,6 +20,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from prune.errors import ConfigError
 from prune.losses import next_token_nll, sequence_nll
 from prune.structure import decoder_layers, model_shape
 
@@ -87,7 +88,9 @@ class PrefixRunner:
         self.layers = decoder_layers(model)
         impl = getattr(model.config, "_attn_implementation", "sdpa")
         if impl not in ("sdpa", "flash_attention_2", "flash_attention_3"):
-            raise ValueError(f"prefix caching needs causal-by-default attention (sdpa), not '{impl}'")
+            raise ConfigError(
+                f"prefix caching needs causal-by-default attention: model.attn_implementation={impl}; use sdpa or importance.prefix_cache=false"
+            )
 
     def start(self, input_ids: torch.Tensor):
         hidden = self.inner.embed_tokens(input_ids)

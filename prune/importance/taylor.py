@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from prune.errors import ConfigError
 from prune.importance.base import Calibration, ImportanceMethod, ImportanceResult, register
 from prune.importance.gradients import FISHER_MODES, GradientPass, gradient_pass
 from prune.structure import GroupScores, reduce_to_groups
@@ -46,11 +47,11 @@ class Taylor(ImportanceMethod):
 
     def __post_init__(self):
         if self.order not in (1, 2):
-            raise ValueError(f"importance.order must be 1 or 2, got {self.order}")
+            raise ConfigError(f"importance.order must be 1 or 2, got {self.order}")
         if self.granularity not in GRANULARITIES:
-            raise ValueError(f"unknown granularity '{self.granularity}': choose one of {', '.join(GRANULARITIES)}")
+            raise ConfigError(f"importance.granularity={self.granularity} is unknown: choose one of {', '.join(GRANULARITIES)}")
         if self.fisher not in FISHER_MODES:
-            raise ValueError(f"unknown fisher mode '{self.fisher}': choose one of {', '.join(FISHER_MODES)}")
+            raise ConfigError(f"importance.fisher={self.fisher} is unknown: choose one of {', '.join(FISHER_MODES)}")
 
     def score(self, model: nn.Module, calibration: Calibration) -> ImportanceResult:
         grads = gradient_pass(

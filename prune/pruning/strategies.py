@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from prune.errors import PruningError  # re-exported: defined with the other refusals
 from prune.pruning.plan import PruningPlan
 from prune.structure import ATTENTION, MLP, GroupScores, ModelShape
 
@@ -29,8 +30,19 @@ NORMALIZATIONS = ("none", "mean", "max", "zscore")
 BLOCKS = (ATTENTION, MLP)
 
 
-class PruningError(ValueError):
-    """A pruning target that cannot be met under the given constraints, or scores of the wrong kind."""
+def ratio_deviation(target: float | None, achieved: float, shape: ModelShape, what: str) -> str | None:
+    """One line when the achieved fraction misses ``target`` by more than the smallest unit's cost (else None).
+
+    Within one MLP channel the difference is mere granularity; beyond it (a whole attention group, layer
+    or block, the protections, ``width_multiple`` rounding) the user is told: 0.3 asked, 0.333 removed.
+    """
+    if target is None or not shape.prunable_params:
+        return None
+    unit = min(shape.attention_group_params, shape.mlp_channel_params) / shape.prunable_params
+    if abs(achieved - target) <= unit:
+        return None
+    return (f"{what}: pruning.ratio={target} asked, {achieved:.3f} of the prunable parameters removed "
+            "(whole groups, blocks or layers, within the protections)")
 
 
 def normalize_per_layer(scores: GroupScores, how: str) -> GroupScores:

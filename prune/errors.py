@@ -1,0 +1,72 @@
+"""The refusal boundary: every failure prune-lab anticipates is a ``PruneLabError``.
+
+A ``PruneLabError`` is a refusal: the entry point prints its message as one line on stderr and exits
+with status 2, before any work where the check needs no model. Anything else that escapes a job is a bug:
+exit status 1, the traceback in ``run.log`` and ``metrics.json``.
+
+The subclasses keep ``ValueError`` as a second base so that callers which caught ``ValueError`` before
+still do; the entry point no longer treats a bare ``ValueError`` as a refusal.
+"""
+from __future__ import annotations
+
+
+class PruneLabError(Exception):
+    """A setting or input prune-lab refuses; the message is one line naming the setting and the fix."""
+
+
+class ConfigError(PruneLabError, ValueError):
+    """A setting that cannot work; the message says which and how to fix it."""
+
+
+class DataError(PruneLabError, ValueError):
+    """A data set that cannot be used; the message is one line saying what to do."""
+
+
+class PruningError(PruneLabError, ValueError):
+    """A pruning target that cannot be met under the given constraints, or scores of the wrong kind."""
+
+
+class UnsupportedModelError(PruneLabError, ValueError):
+    """The model is not a LLaMA-architecture causal LM that prune-lab can prune."""
+
+
+class DownstreamError(PruneLabError, ValueError):
+    """A downstream-evaluation setting that cannot work; the one-line message says why."""
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0].strip() if text else type(exc).__name__
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The error behind Hydra's ``InstantiationException`` (which only says 'Error in call to target')."""
+    from hydra.errors import InstantiationException
+
+    seen = set()
+    while isinstance(exc, InstantiationException) and exc.__cause__ is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return exc
+
+
+def instantiate_checked(node, what: str):
+    """``hydra.utils.instantiate`` whose refusals come out as themselves, and whose bad keys are refusals.
+
+    A ``PruneLabError`` raised by the target's constructor is re-raised as is; an unexpected or missing
+    keyword (a typo such as ``+importance.fishr=...``) becomes a ``ConfigError`` naming ``what``.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)
+    except InstantiationException as exc:
+        cause = unwrap(exc)
+        if isinstance(cause, PruneLabError):
+            raise cause from None
+        if isinstance(cause, TypeError) and "argument" in str(cause):
+            raise ConfigError(f"{what}: {first_line(cause)}; remove the setting or check its spelling") from cause
+        if cause is exc:
+            raise ConfigError(f"{what}: {first_line(exc)}") from exc
+        raise cause
