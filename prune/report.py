@@ -23,6 +23,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from prune import report_after  # noqa: E402
+
 log = logging.getLogger(__name__)
 # settings that identify a condition (from metrics.json "run"), in display order
 KEYS = ("importance", "seq_len", "num_samples", "token_budget", "batch_size", "ratio", "pruning", "model", "data", "calibration_block")
@@ -206,6 +208,7 @@ class Report:
             for tag in ("acc_before", "acc_after"):
                 for task, value in (m.get(tag) or {}).items():
                     row[f"{tag}_{task}"] = value
+            row.update(report_after.columns(m))  # recovery (prune.report_after)
             for phase, seconds in (m.get("timings") or {}).items():
                 row[f"time_{phase}_s"] = seconds
             for phase, mb in (m.get("peak_memory_mb") or {}).items():
@@ -580,8 +583,10 @@ class Report:
         self.plot_layers()
         self.plot_cost()
         verdict_lines = self.verdicts(overlaps)
-        (self.dir / "report.md").write_text(self.markdown(verdict_lines))
-        (self.dir / "verdicts.json").write_text(json.dumps({"verdicts": verdict_lines, "overlaps": overlaps}, indent=2, default=str))
+        after_text, after_lines = report_after.section(self)  # recovery and the long-context probe
+        (self.dir / "report.md").write_text(self.markdown(verdict_lines) + after_text)
+        (self.dir / "verdicts.json").write_text(json.dumps({"verdicts": verdict_lines, "after_pruning": after_lines,
+                                                            "overlaps": overlaps}, indent=2, default=str))
         if log_wandb:
             self.log_to_wandb()
         return self.dir / "report.md"

@@ -1,0 +1,138 @@
+"""The sweep report's part on what comes after one-shot pruning: recovery and the long-context probe.
+
+Called by ``prune.report.Report.build``: extra summary columns (``ppl_recovered_<L>``,
+``acc_recovered_<task>``), verdicts for the one-shot and the recovered model side by side (the same rules
+as the report's own verdicts: seed spread and Welch / paired tests), and ``probe.png``: exact-retrieval
+accuracy of the probe against context length and against depth, per calibration ``seq_len``, before
+pruning, after pruning and after recovery.
+"""
+from __future__ import annotations
+
+import statistics
+
+from prune.probe import parse_task
+
+STAGES = (("acc_before", "before pruning"), ("acc_after", "after pruning"), ("acc_recovered", "after recovery"))
+
+
+def columns(metrics: dict) -> dict:
+    """Summary-table columns of one job (empty without recovery)."""
+    row = {f"ppl_recovered_{L}": v for L, v in (metrics.get("ppl_recovered") or {}).items()}
+    row.update({f"acc_recovered_{t}": v for t, v in (metrics.get("acc_recovered") or {}).items()})
+    rec = metrics.get("recovery") or {}
+    if rec:
+        row.update(recovery_loss_first=rec.get("loss_first"), recovery_loss_last=rec.get("loss_last"))
+    return row
+
+
+def probe_accuracy(metrics: dict, stage: str) -> dict[tuple[int, float], float]:
+    """(length, depth) -> exact-retrieval accuracy of the probe tasks at ``stage`` (acc_after, ...)."""
+    out = {}
+    for task, value in (metrics.get(stage) or {}).items():
+        parsed = parse_task(task)
+        if parsed is not None:
+            out[parsed] = value
+    return out
+
+
+def probe_mean(metrics: dict, stage: str) -> float | None:
+    values = list(probe_accuracy(metrics, stage).values())
+    return statistics.fmean(values) if values else None
+
+
+def verdicts(report) -> list[str]:
+    """One-shot vs recovered, side by side: each comparison of x values for both, and the probe's."""
+    lines = []
+    for key, jobs in report.series().items():
+        groups = report.by_x(jobs)
+        xs = list(groups)
+        label = report.series_label(key)
+        for other in xs[1:]:
+            ref = xs[0]
+            for length in report.eval_lengths():
+                for field, what in (("ppl_after", "one-shot"), ("ppl_recovered", "recovered")):
+                    value = lambda m, f=field, L=length: (m.get(f) or {}).get(L)  # noqa: E731
+                    a = [v for v in (value(j["metrics"]) for j in groups[ref]) if v is not None]
+                    b = [v for v in (value(j["metrics"]) for j in groups[other]) if v is not None]
+                    if a and b and any(j["metrics"].get("ppl_recovered") for j in jobs):
+                        lines.append(report._verdict(f"[{label}] PPL@{length}, {what}", ref, other, a, b, True,
+                                                     paired=report.paired_p(groups[ref], groups[other], value)))
+            for stage, what in STAGES[1:]:
+                a = [v for v in (probe_mean(j["metrics"], stage) for j in groups[ref]) if v is not None]
+                b = [v for v in (probe_mean(j["metrics"], stage) for j in groups[other]) if v is not None]
+                if a and b:
+                    lines.append(report._verdict(f"[{label}] long-context probe accuracy (mean over lengths and depths), {what}",
+                                                 ref, other, a, b, False))
+    return lines
+
+
+def plot_probe(report) -> bool:
+    """``probe.png``: accuracy vs context length (mean over depths) and vs depth (mean over lengths)."""
+    import matplotlib.pyplot as plt
+
+    stages = [(s, t) for s, t in STAGES if any(probe_accuracy(j["metrics"], s) for j in report.ok)]
+    if not stages:
+        return False
+    fig, axes = plt.subplots(len(stages), 2, figsize=(10, 3.4 * len(stages)), squeeze=False)
+    for row, (stage, title) in enumerate(stages):
+        for col, (axis, label) in enumerate(((0, "context length (tokens)"), (1, "depth of the key (0 = start)"))):
+            ax = axes[row][col]
+            for key, jobs in report.series().items():
+                for x, group in report.by_x(jobs).items():
+                    per_job = [probe_accuracy(j["metrics"], stage) for j in group]
+                    points = sorted({k[axis] for acc in per_job for k in acc})
+                    if not points:
+                        continue
+                    means = [statistics.fmean(statistics.fmean(v for k, v in acc.items() if k[axis] == p) for acc in per_job
+                                              if any(k[axis] == p for k in acc)) for p in points]
+                    name = f"{report.x_key}={x}" + (f" ({report.series_label(key)})" if report.series_keys else "")
+                    ax.plot(points, means, marker="o", label=name)
+            if axis == 0:
+                ax.set_xscale("log", base=2)
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_xlabel(label)
+            ax.set_ylabel("exact retrieval accuracy")
+            ax.set_title(f"long-context probe, {title} (mean over seeds)", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    report._save(fig, "probe.png")
+    return True
+
+
+def _table(report) -> str:
+    lengths = report.eval_lengths()
+    head = f"| {' | '.join(report.series_keys + [report.x_key])} | n | " + " | ".join(f"PPL@{L} one-shot / recovered" for L in lengths) + " |"
+    rows = [head, "|" + "---|" * (len(report.series_keys) + 2 + len(lengths))]
+    for key, jobs in report.series().items():
+        for x, group in report.by_x(jobs).items():
+            cells = []
+            for length in lengths:
+                pair = []
+                for field in ("ppl_after", "ppl_recovered"):
+                    values = [v for v in ((j["metrics"].get(field) or {}).get(length) for j in group) if v is not None]
+                    pair.append(f"{statistics.fmean(values):.4g}" + (f" ± {statistics.stdev(values):.2g}" if len(values) > 1 else "")
+                                if values else "-")
+                cells.append(" / ".join(pair))
+            shown = ["off" if v is None else str(v) for v in key]
+            rows.append(f"| {' | '.join(shown)}{' | ' if key else ''}{x} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def section(report) -> tuple[str, list[str]]:
+    """The markdown section (empty without recovery or probe) and its verdict lines."""
+    recovered = any(j["metrics"].get("ppl_recovered") for j in report.ok)
+    probe = plot_probe(report)
+    if not recovered and not probe:
+        return "", []
+    lines = verdicts(report)
+    text = ["", "## After pruning: recovery and the long-context probe", ""]
+    if recovered:
+        methods = sorted({(j["metrics"].get("recovery") or {}).get("method", "?") for j in report.ok})
+        text += [f"Recovery ({', '.join(methods)}): does each difference between {report.x_key} values survive it?", "",
+                 _table(report), ""]
+    text += lines or ["- nothing to compare (a single condition)."]
+    if probe:
+        text += ["", "![probe.png](probe.png)", "",
+                 "Long-context probe (prune_passkey): exact retrieval of a key hidden at a depth of a context of a given "
+                 "length, before pruning, after pruning and after recovery.", ""]
+    return "\n".join(text) + "\n", lines
