@@ -162,7 +162,7 @@ def write_probe_dir(out_dir, stream, tokenizer, pcfg, max_positions: int | None,
     for length in effective_lengths(list(pcfg.lengths), max_positions or 0):
         for depth in pcfg.depths:
             name = task_name(length, float(depth))
-            items = build_items(stream, tokenizer, fmt, length, float(depth), int(pcfg.items), int(pcfg.seed), pcfg.get("window"))
+            items = build_items(stream, tokenizer, fmt, length, float(depth), int(pcfg["items"]), int(pcfg.seed), pcfg.get("window"))
             data_file = out / f"{name}.jsonl"
             data_file.write_text("".join(json.dumps(item, sort_keys=True) + "\n" for item in items))
             description = f"retrieve a {kind} key hidden at depth {depth} of a {length}-token context"
