@@ -323,7 +323,7 @@ def evaluate_tasks(
             "value": float(res[f"{metric},none"]),
             "stderr": _number(res.get(f"{metric}_stderr,none")),
             "n": int(counts.get(name, {}).get("effective", 0)) or None,
-            "metrics": {m: float(res[f"{m},none"]) for m in ("acc", "acc_norm") if f"{m},none" in res},
+            "metrics": {m: float(res[f"{m},none"]) for m in ("acc", "acc_norm", "perplexity") if f"{m},none" in res},
         }
     mean = sum(r["value"] for r in report.values()) / len(report)
     return {

@@ -213,7 +213,8 @@ def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> d
         _write_json(out / "metrics.json", metrics)
         if tracker is not None:
             try:
-                tracker.summary({"status": metrics["status"], **{f"time/{k}": v for k, v in metrics["timings"].items()}})
+                tracker.summary({"status": metrics["status"], **{f"time/{k}": v for k, v in metrics["timings"].items()},
+                                 **{f"peak_memory_mb/{k}": v for k, v in metrics["peak_memory_mb"].items()}})
             finally:
                 tracker.finish(ok)
     return metrics
@@ -256,6 +257,7 @@ class EvalData:
     test_stream: torch.Tensor
     lengths: list[int]
     max_tokens: int | None
+    train_stream: torch.Tensor | None = None  # the calibration split, for recovery fine-tuning
 
 
 @dataclass
@@ -287,12 +289,15 @@ def _prepare(cfg: DictConfig, metrics: dict, recorder: PhaseRecorder) -> Prepare
         if getattr(method, "prefix_cache", False) and impl not in ("sdpa", "flash_attention_2", "flash_attention_3"):
             raise ConfigError(f"importance={method.name} with prefix_cache needs sdpa attention, not "
                               f"model.attn_implementation={impl}; set importance.prefix_cache=false")
-    tasks, task_dirs = _downstream_tasks(cfg, model_source)
+    tasks, task_dirs = _downstream_tasks(cfg, model_source, data_source, model_config)
     if not cfg.progress:  # datasets draws its own bars ("Generating train split") unless told not to
         with contextlib.suppress(ImportError):
             import datasets
 
             datasets.disable_progress_bars()
+    from prune.recovery import check_recovery
+
+    check_recovery(cfg.get("recovery"), max_positions(model_config))
     with recorder.phase("data"):
         data = _load_data(cfg, model_source, data_source, model_config, lengths, (importance, layer_method), metrics)
     _announce_memory(cfg, model_config, lengths, importance, metrics)  # after the last refusal: one line
@@ -366,6 +371,10 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
     if tasks:
         with recorder.phase("tasks_after"):
             metrics["downstream"] = {"before": tasks_before, "after": downstream("after")}
+    from prune.recovery import enabled as recovery_enabled, recovery_phase
+
+    if recovery_enabled(cfg.get("recovery")):  # fine-tune, evaluate again; the merged model is what is saved
+        model = recovery_phase(cfg, model, data.train_stream, evaluate, downstream if tasks else None, recorder, tracker, out, metrics)
     if cfg.save_model:
         from prune.checkpoint import save_pruned
 
@@ -415,7 +424,7 @@ def _load_data(cfg, model_source, data_source, model_config, lengths, methods, m
         "calibration_windows": {role: list(w.shape) for role, w in windows.items()},
         "eval_lengths": eval_lengths,
     }
-    return EvalData(tokenizer, windows, test_stream, eval_lengths, eval_max_tokens)
+    return EvalData(tokenizer, windows, test_stream, eval_lengths, eval_max_tokens, train_stream)
 
 
 def _record(cfg, out: Path, metrics: dict, tracker, model, shape, total_before: int, before: dict, after: dict, result, plan) -> None:
@@ -498,7 +507,7 @@ def _announce_memory(cfg: DictConfig, model_config, lengths: dict, importance, m
     log.info("%s", describe(parts))
 
 
-def _downstream_tasks(cfg: DictConfig, model_source) -> tuple[list[str], list[str]]:
+def _downstream_tasks(cfg: DictConfig, model_source, data_source=None, model_config=None) -> tuple[list[str], list[str]]:
     """Tasks to evaluate and extra task folders; refused (one line) before any model work."""
     tasks = [str(t) for t in (cfg.eval.get("tasks") or [])]
     if not tasks:
@@ -511,6 +520,10 @@ def _downstream_tasks(cfg: DictConfig, model_source) -> tuple[list[str], list[st
         from prune.testbed.tasks import ensure_task_dir
 
         task_dirs.append(str(ensure_task_dir(model_source.spec().corpus, os.path.expanduser(cfg.cache_dir))))
+    from prune.probe import probe_task_dir, wanted
+
+    if wanted(tasks):  # the long-context probe, generated from the evaluation split with the model's tokenizer
+        task_dirs.append(str(probe_task_dir(cfg, model_source, data_source, model_config)))
     check_tasks(tasks, task_dirs or None)
     return tasks, task_dirs
 
@@ -541,6 +554,9 @@ def _log(tracker, metrics: dict, rows: list[dict], images: dict) -> None:
     for tag in ("acc_before", "acc_after"):
         for task, value in (metrics.get(tag) or {}).items():
             flat[f"{tag}/{task}"] = value
+    for block, value in (metrics.get("importance_accuracy") or {}).items():
+        if isinstance(value, (int, float)) and block not in ("length", "tokens"):
+            flat[f"importance_accuracy/{block}"] = value
     tracker.summary(flat)
     tracker.log_by_layer(rows)
     tracker.log_table("by_layer_table", rows)

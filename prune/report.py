@@ -27,6 +27,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from prune import report_after  # noqa: E402
+
 log = logging.getLogger(__name__)
 # settings that identify a condition (from metrics.json "run"), in display order
 KEYS = ("importance", "seq_len", "num_samples", "token_budget", "batch_size", "ratio", "pruning", "model", "data", "calibration_block")
@@ -224,6 +226,7 @@ class Report:
             for tag in ("acc_before", "acc_after"):
                 for task, value in (m.get(tag) or {}).items():
                     row[f"{tag}_{task}"] = value
+            row.update(report_after.columns(m))  # recovery (prune.report_after)
             for phase, seconds in (m.get("timings") or {}).items():
                 row[f"time_{phase}_s"] = seconds
             for phase, mb in (m.get("peak_memory_mb") or {}).items():
@@ -565,7 +568,9 @@ class Report:
         self.plot_layers()
         self.plot_cost()
         verdicts = self.verdicts()
-        (self.dir / "report.md").write_text(self.markdown(verdicts))
+        after_text, after = report_after.section(self, verdicts)  # recovery and the long-context probe
+        verdicts += after
+        (self.dir / "report.md").write_text(self.markdown([v for v in verdicts if v not in after]) + after_text)
         (self.dir / "verdicts.json").write_text(json.dumps(
             {"verdicts": [v["text"] for v in verdicts], "structured": verdicts, "overlaps": overlaps}, indent=2, default=str))
         if log_wandb:

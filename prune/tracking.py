@@ -105,6 +105,8 @@ class WandbTracker(NullTracker):
         self.run_dir = self._run.dir if self._run is not None else None
         wandb.define_metric("layer")
         wandb.define_metric("by_layer/*", step_metric="layer")
+        wandb.define_metric("recovery_step")
+        wandb.define_metric("recovery/*", step_metric="recovery_step")  # the recovery loss curve
 
     def _safely(self, fn) -> None:
         if self._run is None:
