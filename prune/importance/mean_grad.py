@@ -144,7 +144,8 @@ class HostMean(MeanGradStore):
     def _worker(self) -> None:
         while True:
             item = self.work.get()
-            if item is None:
+            if item is None:  # close(): everything queued before it is done
+                self.work.task_done()
                 return
             key, buf, staged, done = item
             try:
