@@ -81,9 +81,9 @@ def resolve_backend(setting, device: torch.device) -> str:
     value = normalise_setting(setting)
     if value == "false":
         return "reference"
+    if value == "auto":  # (Triton is not even imported for a CPU model)
+        return "triton" if device.type == "cuda" and triton_available() else "reference"
     runnable = triton_available() and (device.type == "cuda" or _interpreting())
-    if value == "auto":
-        return "triton" if runnable and device.type == "cuda" else "reference"
     if not triton_available():
         raise RuntimeError("importance.fused=true needs Triton, which is not importable here (use auto or false)")
     if not runnable:
