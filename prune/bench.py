@@ -328,6 +328,13 @@ def taylor_scores(model, grads):
     return scores + grads.second_moment.map(lambda t: 0.5 * t)
 
 
+def _max_rel_diff(a, b) -> float | None:
+    if a is None or b is None:
+        return None
+    a, b = (torch.cat([t.flatten().double().cpu() for t in s.attention + s.mlp]) for s in (a, b))
+    return float(((a - b).abs() / b.abs().clamp_min(1e-30)).max())
+
+
 def bench_taylor(model, windows, batch_size, repeats, warmup, device, exact=True, peak_tflops=None):
     """Time bare / Taylor 1st / Taylor 2nd (/ exact Fisher) on the same windows; returns (report, scores)."""
     from prune.structure import model_shape
@@ -346,6 +353,8 @@ def bench_taylor(model, windows, batch_size, repeats, warmup, device, exact=True
             kept["micro_batch_size"] = result.micro_batch_size
             kept["oom_restarts"] = result.oom_restarts
             kept["fused"] = result.extra.get("fused")
+        elif name == "taylor_2nd_unfused":
+            kept["unfused_scores"] = taylor_scores(model, result)
         elif name == "bare":
             kept["bare_tokens"] = result
 
@@ -366,6 +375,7 @@ def bench_taylor(model, windows, batch_size, repeats, warmup, device, exact=True
         "taylor_2nd_micro_batch_size": kept.get("micro_batch_size"),
         "taylor_2nd_oom_restarts": kept.get("oom_restarts"),
         "taylor_fused": kept.get("fused"),
+        "taylor_2nd_fused_vs_unfused_max_rel_diff": _max_rel_diff(kept.get("scores"), kept.get("unfused_scores")),
     }
     for kind in kinds[3:]:
         report[f"{kind}_time_ratio"] = _ratio(times, kind, "bare")["ratio"]

@@ -240,3 +240,24 @@ def test_cpu_choice_on_cuda_equals_fp32():
     b = gradient_pass(model, x, 2, fisher="sample", progress=False, mean_grad="cpu")
     assert b.extra["mean_grad"] == "HostMean"
     assert max_rel(flat(taylor2(model, b)), flat(taylor2(model, a))) < 1e-6
+
+
+# ------------------------------------------------------------------------------------ memory estimate
+def test_memory_estimate_for_every_mean_grad_choice():
+    from transformers import LlamaConfig
+
+    from prune.memory import describe_all, estimate_all
+    from prune.structure import shape_from_config
+
+    config = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False)
+    shape = shape_from_config(config)
+    est = estimate_all(config, shape, 512, 4, torch.bfloat16)
+    p, gib = shape.prunable_params, 2**30
+    assert [est[k]["running_mean"] for k in ("fp32", "bf16_kahan", "cpu")] == [4 * p, 3 * p, 0]
+    assert est["cpu"]["host_running_mean"] == 4 * p and est["fp32"]["host_running_mean"] == 0
+    # the figures README and bench.md quote for Llama-3-8B at 4 x 512
+    assert [round(est[k]["total"] / gib, 1) for k in ("fp32", "bf16_kahan", "cpu")] == [53.5, 47.0, 28.0]
+    lines = describe_all(est, "bf16_kahan").splitlines()
+    assert "mean_grad=bf16_kahan" in lines[0] and len(lines) == 5
+    assert "<- chosen" in lines[3] and lines[3].split()[0] == "bf16_kahan" and "host 26.00 GiB" in lines[4]
