@@ -12,8 +12,10 @@ key                                        what                                 
 ``taylor_2nd_time_ratio``                  ``gradient_pass(fisher="sample")`` / the same            <= 1.10
 ``taylor_2nd_extra_memory_ratio``          (peak of the Taylor-2nd pass - peak of the bare loop)    <= 1.0
                                            / fp32 bytes of the prunable parameters
-``prefill_speedup``                        tokens/s of a no-grad forward, pruned / dense            >= 1.3
-``decode_speedup``                         tokens/s of greedy ``generate``, pruned / dense          (none)
+``prefill_speedup``                        tokens/s of a no-grad forward, pruned / dense            (none)
+``prefill_of_flop_ratio``                  ``prefill_speedup`` / its FLOP ratio (the ideal)          >= 0.95
+``decode_speedup``                         decode tokens/s, pruned / dense: static KV cache, step   >= 1.2
+                                           compiled to CUDA graphs on CUDA; the least over batches
 ``layer_removal_time_ratio``               ``removal_losses`` over every layer, prefix cache        <= 0.6
                                            on / off
 ``block_removal_time_ratio``               the same over every attention and MLP block              <= 0.6
@@ -41,9 +43,13 @@ Presets (every setting can be overridden on the command line):
   bench model (12 layers, hidden 768, 12/4 heads, MLP 2048, vocab 32000); removal on the testbed shape
   (8 x 512 tokens). 5 timed rounds after 1 warm-up.
 * ``llama3_8b``: everything on random Llama-3-8B shapes in bf16 on one GPU; Taylor time, memory, s/batch,
-  tokens/s and MFU at each ``--seq-lens`` (8 sequences, batch 4), prefill 4 x 512, decode 8 x 64 new
-  tokens, removal 4 x 512 tokens; 1 timed round after 1 warm-up (``experiments/gpu_check.sh``).
+  tokens/s and MFU at each ``--seq-lens`` (8 sequences, batch 4), the ``mean_grad`` stores at 4 x 512,
+  prefill 4 x 512, decode at batch 1 and 8 x 64 new tokens (static cache, CUDA graphs), removal 4 x 512
+  tokens; 1 timed round after 1 warm-up (``experiments/gpu_check.sh``).
 * ``quick``: a 2-layer toy of everything, a few seconds (tests).
+
+Sections (``--sections``): ``taylor``, ``memory`` (CPU), ``mean_grad`` (``prune.bench_mean_grad``),
+``speed`` (prefill and static-cache decode: ``prune.bench_speed``) and ``removal``.
 
 MFU = 6 x (parameters except the input embedding) x tokens / pass time / ``--peak-tflops`` (790 for
 an H200 in bf16, as given). The Taylor pass computes no LM-head or embedding gradients, so its true FLOPs
@@ -73,7 +79,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import copy
 import datetime
 import gc
 import json
@@ -91,12 +96,13 @@ from typing import Callable
 
 import torch
 
-SECTIONS = ("taylor", "memory", "speed", "removal")
+SECTIONS = ("taylor", "memory", "mean_grad", "speed", "removal")
 GOALS = {
     "taylor_1st_time_ratio": ("<=", 1.10),
     "taylor_2nd_time_ratio": ("<=", 1.10),
     "taylor_2nd_extra_memory_ratio": ("<=", 1.0),
-    "prefill_speedup": (">=", 1.3),
+    "prefill_of_flop_ratio": (">=", 0.95),
+    "decode_speedup": (">=", 1.2),
     "layer_removal_time_ratio": ("<=", 0.6),
     "block_removal_time_ratio": ("<=", 0.6),
 }
@@ -105,6 +111,7 @@ RESULT_KEYS = (
     "taylor_2nd_time_ratio",
     "taylor_2nd_extra_memory_ratio",
     "prefill_speedup",
+    "prefill_of_flop_ratio",
     "decode_speedup",
     "layer_removal_time_ratio",
     "block_removal_time_ratio",
@@ -169,20 +176,20 @@ PRESETS: dict[str, dict] = {
     "cpu": dict(
         shape=BENCH_SHAPE, taylor_model="testbed", seq_len=512, batch_size=4, num_samples=16, repeats=5, warmup=1,
         exact=True, memory_model="bench", memory_seq_len=64, memory_batch_size=2, memory_num_samples=4,
-        prefill_batch=4, prefill_len=256, decode_batch=1, prompt_len=32, new_tokens=64,
+        prefill_batch=4, prefill_len=256, decode_batches=[1], prompt_len=32, new_tokens=64,
         removal_model="testbed", removal_seq_len=512, removal_num_samples=8,
     ),
     # Llama-3-8B shapes, bf16 on one GPU: everything on the 8B model; under 8 minutes on an H200
     "llama3_8b": dict(
         shape=LLAMA3_8B_SHAPE, taylor_model="bench", seq_len=512, seq_lens=[128, 512, 2048], batch_size=4,
         num_samples=8, repeats=1, warmup=1, exact=True, memory_model="same",
-        prefill_batch=4, prefill_len=512, decode_batch=8, prompt_len=128, new_tokens=64,
+        prefill_batch=4, prefill_len=512, decode_batches=[1, 8], prompt_len=128, new_tokens=64,
         removal_model="bench", removal_seq_len=512, removal_num_samples=4,
     ),
     # a few seconds, for tests
     "quick": dict(
         shape=QUICK_SHAPE, taylor_model="bench", seq_len=32, batch_size=2, num_samples=4, repeats=1, warmup=1,
-        exact=True, memory_model="same", prefill_batch=2, prefill_len=32, decode_batch=1, prompt_len=8,
+        exact=True, memory_model="same", prefill_batch=2, prefill_len=32, decode_batches=[1, 2], prompt_len=8,
         new_tokens=8, removal_model="bench", removal_seq_len=32, removal_num_samples=4,
     ),
 }
@@ -298,19 +305,19 @@ def bare_pass(model, windows: torch.Tensor, batch_size: int) -> int:
     return tokens
 
 
-def _taylor_pass(model, windows, batch_size, fisher):
+def _taylor_pass(model, windows, batch_size, fisher, fused="auto"):
     from prune.importance.gradients import gradient_pass
 
-    return gradient_pass(model, windows, batch_size, fisher=fisher, progress=False)
+    return gradient_pass(model, windows, batch_size, fisher=fisher, progress=False, fused=fused)
 
 
-PASS_FISHER = {"taylor_1st": None, "taylor_2nd": "sample", "taylor_2nd_exact": "exact"}
+PASS_FISHER = {"taylor_1st": None, "taylor_2nd": "sample", "taylor_2nd_exact": "exact", "taylor_2nd_unfused": "sample"}
 
 
 def run_pass(kind: str, model, windows, batch_size):
     if kind == "bare":
         return bare_pass(model, windows, batch_size)
-    return _taylor_pass(model, windows, batch_size, PASS_FISHER[kind])
+    return _taylor_pass(model, windows, batch_size, PASS_FISHER[kind], "false" if kind.endswith("_unfused") else "auto")
 
 
 def taylor_scores(model, grads):
@@ -321,11 +328,22 @@ def taylor_scores(model, grads):
     return scores + grads.second_moment.map(lambda t: 0.5 * t)
 
 
+def _max_rel_diff(a, b) -> float | None:
+    if a is None or b is None:
+        return None
+    a, b = (torch.cat([t.flatten().double().cpu() for t in s.attention + s.mlp]) for s in (a, b))
+    return float(((a - b).abs() / b.abs().clamp_min(1e-30)).max())
+
+
 def bench_taylor(model, windows, batch_size, repeats, warmup, device, exact=True, peak_tflops=None):
     """Time bare / Taylor 1st / Taylor 2nd (/ exact Fisher) on the same windows; returns (report, scores)."""
     from prune.structure import model_shape
 
+    from prune.importance.fused import resolve_backend
+
     kinds = ["bare", "taylor_1st", "taylor_2nd"] + (["taylor_2nd_exact"] if exact else [])
+    if resolve_backend("auto", device) != "reference":  # context: the same pass with the torch reference hooks
+        kinds.append("taylor_2nd_unfused")
     fns = {k: (lambda k=k: run_pass(k, model, windows, batch_size)) for k in kinds}
     kept: dict = {}
 
@@ -334,6 +352,9 @@ def bench_taylor(model, windows, batch_size, repeats, warmup, device, exact=True
             kept["scores"] = taylor_scores(model, result)
             kept["micro_batch_size"] = result.micro_batch_size
             kept["oom_restarts"] = result.oom_restarts
+            kept["fused"] = result.extra.get("fused")
+        elif name == "taylor_2nd_unfused":
+            kept["unfused_scores"] = taylor_scores(model, result)
         elif name == "bare":
             kept["bare_tokens"] = result
 
@@ -353,9 +374,11 @@ def bench_taylor(model, windows, batch_size, repeats, warmup, device, exact=True
         "per_round_ratios": {k: _ratio(times, k, "bare")["per_round"] for k in kinds[1:]},
         "taylor_2nd_micro_batch_size": kept.get("micro_batch_size"),
         "taylor_2nd_oom_restarts": kept.get("oom_restarts"),
+        "taylor_fused": kept.get("fused"),
+        "taylor_2nd_fused_vs_unfused_max_rel_diff": _max_rel_diff(kept.get("scores"), kept.get("unfused_scores")),
     }
-    if exact:
-        report["taylor_2nd_exact_time_ratio"] = _ratio(times, "taylor_2nd_exact", "bare")["ratio"]
+    for kind in kinds[3:]:
+        report[f"{kind}_time_ratio"] = _ratio(times, kind, "bare")["ratio"]
     t2 = times["taylor_2nd"]["median_s"]
     report["taylor_2nd_seconds_per_batch"] = t2 / (n // batch_size)
     report["taylor_2nd_tokens_per_s"] = tokens / t2
@@ -461,93 +484,7 @@ def bench_memory_cpu(shape: Shape, dtype: torch.dtype, seq_len, batch_size, num_
 
 
 # -------------------------------------------------------------------------------- prefill / decode
-def prune_copy(model, scores, ratio: float, width_multiple: int = 1):
-    """The model with ``ratio`` of its prunable parameters removed by the same fraction in every layer.
-
-    A uniform plan is what the speed figures need: a global plan on random weights empties some layers
-    almost completely, which says nothing about a real pruned model. MLP widths are rounded to
-    ``width_multiple`` (128 on GPUs, where odd widths run on slow kernels).
-    """
-    from prune.pruning import Uniform, apply_plan
-    from prune.structure import model_shape
-
-    plan = Uniform(ratio=ratio, width_multiple=width_multiple).plan(scores, model_shape(model))
-    pruned = apply_plan(copy.deepcopy(model), plan)
-    pruned.eval()
-    return pruned, plan
-
-
-def magnitude_scores(model):
-    from prune.structure import reduce_to_groups
-
-    return reduce_to_groups(model, lambda proj, kind: getattr(proj.module, kind).detach().abs())
-
-
-def _generate(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    from transformers import GenerationConfig
-
-    config = GenerationConfig(
-        max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True,
-        eos_token_id=None, bos_token_id=None, pad_token_id=0,
-    )
-    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
-    if out.shape[1] != prompt.shape[1] + new_tokens:
-        raise RuntimeError(f"generate made {out.shape[1] - prompt.shape[1]} tokens, not {new_tokens}")
-    return out
-
-
-def bench_speed(model, scores, score_source, args, device) -> dict:
-    from prune.structure import model_shape
-
-    pruned, plan = prune_copy(model, scores, args.prune_ratio, 128 if device.type == "cuda" else 8)
-    shape_before, shape_after = model_shape(model), model_shape(pruned)
-    x = random_windows(args.prefill_batch, args.prefill_len, model.config.vocab_size, args.seed + 2).to(device)
-    prompt = random_windows(args.decode_batch, args.prompt_len, model.config.vocab_size, args.seed + 3).to(device)
-    models = {"dense": model, "pruned": pruned}
-
-    def prefill(m):
-        with torch.no_grad():
-            return m(input_ids=x, use_cache=False).logits.shape
-
-    prefill_times = interleaved({k: (lambda m=m: prefill(m)) for k, m in models.items()},
-                                args.repeats, args.warmup, device)
-    decode_times = interleaved({k: (lambda m=m: _generate(m, prompt, args.new_tokens).shape) for k, m in models.items()},
-                               args.repeats, args.warmup, device)
-    prefill_tokens = args.prefill_batch * args.prefill_len
-    decode_tokens = args.decode_batch * args.new_tokens
-    tps = {
-        "prefill": {k: prefill_tokens / v["median_s"] for k, v in prefill_times.items()},
-        "decode": {k: decode_tokens / v["median_s"] for k, v in decode_times.items()},
-    }
-    flops_dense = forward_flops_per_token(model, args.prefill_len)
-    flops_pruned = forward_flops_per_token(pruned, args.prefill_len)
-    report = {
-        "score_source": score_source,
-        "prune_ratio": args.prune_ratio,
-        "params_dense": param_count(model),
-        "params_pruned": param_count(pruned),
-        "prunable_params_dense": shape_before.prunable_params,
-        "prunable_params_pruned": shape_after.prunable_params,
-        "prunable_ratio_removed": 1 - shape_after.prunable_params / shape_before.prunable_params,
-        "layer_shapes_pruned": [s.as_list() for s in shape_after.layers],
-        "prefill_batch": args.prefill_batch,
-        "prefill_len": args.prefill_len,
-        "decode_batch": args.decode_batch,
-        "prompt_len": args.prompt_len,
-        "new_tokens": args.new_tokens,
-        "decode_note": "tokens/s = batch x new tokens / wall time of generate (the prompt's prefill included)",
-        "prefill_times": prefill_times,
-        "decode_times": decode_times,
-        "tokens_per_s": tps,
-        "prefill_speedup": tps["prefill"]["pruned"] / tps["prefill"]["dense"],
-        "decode_speedup": tps["decode"]["pruned"] / tps["decode"]["dense"],
-        "prefill_per_round_speedup": [d / p for d, p in zip(prefill_times["dense"]["times_s"], prefill_times["pruned"]["times_s"])],
-        "decode_per_round_speedup": [d / p for d, p in zip(decode_times["dense"]["times_s"], decode_times["pruned"]["times_s"])],
-        "prefill_flop_ratio": flops_dense / flops_pruned,
-        "prefill_flop_ratio_note": "dense / pruned forward FLOPs per token (2 x matmul params + attention): the ideal speedup",
-    }
-    del pruned
-    return report
+from prune.bench_speed import DECODE_STEPS, bench_speed, magnitude_scores, prune_copy  # noqa: E402,F401
 
 
 # ------------------------------------------------------------------------------------------- removal
@@ -714,7 +651,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="auto: Taylor-2nd scores when the Taylor pass ran on the bench model, else magnitude")
     g.add_argument("--prefill-batch", type=int, default=None)
     g.add_argument("--prefill-len", type=int, default=None)
-    g.add_argument("--decode-batch", type=int, default=None)
+    g.add_argument("--decode-batches", default=None, help="comma list of decode batch sizes (static-cache decode)")
+    g.add_argument("--decode-step", choices=DECODE_STEPS, default="auto",
+                   help="auto: compiled (CUDA graphs) on CUDA, eager on CPU")
     g.add_argument("--prompt-len", type=int, default=None)
     g.add_argument("--new-tokens", type=int, default=None)
     g = p.add_argument_group("removal")
@@ -739,6 +678,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          ("memory_num_samples", args.num_samples)):
         if getattr(args, key, None) is None:
             setattr(args, key, default)
+    if isinstance(args.decode_batches, str):
+        args.decode_batches = [int(b) for b in args.decode_batches.split(",") if b.strip()]
     if args.seq_lens is None:
         seq_lens = [args.seq_len]
     elif isinstance(args.seq_lens, str):
@@ -886,7 +827,14 @@ def print_summary(data: dict) -> None:
     speed = data.get("speed") or {}
     if speed:
         extra.append(f"pruned params {speed['params_pruned']:,} / {speed['params_dense']:,} ({speed['score_source']} scores); "
-                     f"ideal prefill speedup (FLOPs) {speed['prefill_flop_ratio']:.3f}")
+                     f"ideal prefill speedup (FLOPs) {speed['prefill_flop_ratio']:.3f}; decode speedup by batch "
+                     + ", ".join(f"{b}: {v:.3f}" for b, v in speed["decode_speedup_by_batch"].items())
+                     + f" ({'compiled' if speed['decode']['compiled'] else 'eager'} static cache); "
+                     f"HF generate {speed['decode_generate_speedup']:.3f}")
+    for kind, row in ((data.get("mean_grad") or {}).get("by_store") or {}).items():
+        peak = f", peak {row['peak_gib']:.1f} GiB" if "peak_gib" in row else ""
+        extra.append(f"mean_grad={kind}: time x{row['time_ratio_vs_fp32']:.2f} of fp32{peak} (estimate {row['estimate_gib']:.1f}), "
+                     f"scores max rel diff {row['score_max_rel_diff']:.1e}")
     removal = data.get("removal") or {}
     if removal:
         c = removal["decoder_layer_calls_per_batch"]
@@ -1025,6 +973,15 @@ def main(argv=None) -> int:
     elif "memory" in args.sections and "taylor" not in args.sections:
         _log("memory on CUDA is measured with the Taylor timings: add the 'taylor' section")
 
+    if "mean_grad" in args.sections:
+        from prune.bench_mean_grad import bench_mean_grad
+
+        model = model_for(args.taylor_model)
+        windows = random_windows(args.num_samples, args.seq_len, model.config.vocab_size, args.seed + 1)
+        _log(f"mean_grad stores: Taylor 2nd, {args.taylor_model} model, {args.num_samples} x {args.seq_len}, batch {args.batch_size}")
+        report.set(mean_grad=bench_mean_grad(model, windows, args.batch_size, args.repeats, args.warmup, device))
+        del model
+
     if "speed" in args.sections:
         model = get_bench_model()
         if args.prune_scores == "taylor" and scores is None:
@@ -1035,10 +992,11 @@ def main(argv=None) -> int:
             scores, source = magnitude_scores(model), "magnitude"
         else:
             source = "taylor_2nd"
-        _log(f"prefill {args.prefill_batch} x {args.prefill_len}, decode {args.decode_batch} x {args.new_tokens} "
+        _log(f"prefill {args.prefill_batch} x {args.prefill_len}, decode {args.decode_batches} x {args.new_tokens} "
              f"new tokens: dense vs pruned ({args.prune_ratio:g} of prunable params, {source} scores)")
         speed = bench_speed(model, scores, source, args, device)
-        report.set(prefill_speedup=speed["prefill_speedup"], decode_speedup=speed["decode_speedup"], speed=speed)
+        report.set(prefill_speedup=speed["prefill_speedup"], prefill_of_flop_ratio=speed["prefill_of_flop_ratio"],
+                   decode_speedup=speed["decode_speedup"], speed=speed)
 
     if "removal" in args.sections:
         model = model_for(args.removal_model)

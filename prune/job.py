@@ -495,16 +495,18 @@ def ground_truth_lengths(cfg: DictConfig, eval_lengths: list[int]) -> list[int]:
 
 
 def _announce_memory(cfg: DictConfig, model_config, lengths: dict, importance, metrics: dict) -> None:
-    from prune.memory import describe, estimate_bytes
+    from prune.memory import describe_all, estimate_all
 
     device = resolve_device(cfg.model.get("device", "auto"))
     dtype = resolve_dtype(cfg.model.get("dtype", "auto"), device)
     micro = getattr(importance, "micro_batch_size", None) or cfg.batch_size
     seq = max(length for length, _ in lengths.values())
-    parts = estimate_bytes(model_config, shape_from_config(model_config), seq, micro, dtype,
-                           bool(getattr(importance, "gradient_checkpointing", False)), micro < cfg.batch_size)
-    metrics["memory_estimate_gib"] = {k: v / 2**30 for k, v in parts.items()}
-    log.info("%s", describe(parts))
+    chosen = getattr(importance, "mean_grad", "fp32")
+    estimates = estimate_all(model_config, shape_from_config(model_config), seq, micro, dtype,
+                             bool(getattr(importance, "gradient_checkpointing", False)), micro < cfg.batch_size)
+    metrics["memory_estimate_gib"] = {k: v / 2**30 for k, v in estimates[chosen].items()}
+    metrics["memory_estimate_by_mean_grad_gib"] = {kind: parts["total"] / 2**30 for kind, parts in estimates.items()}
+    log.info("%s", describe_all(estimates, chosen))
 
 
 def _downstream_tasks(cfg: DictConfig, model_source, data_source=None, model_config=None) -> tuple[list[str], list[str]]:

@@ -2,7 +2,9 @@
 
 Counts, in bytes: the weights; the gradient of the largest prunable weight (the pass frees each gradient
 as soon as it is reduced; with micro-batches all prunable gradients live until the batch ends) and the
-fp32 running mean of every prunable gradient; the activations autograd keeps for one (micro-)batch; and the fp32 logits.
+running mean ``G`` of every prunable gradient (4 bytes per weight in fp32, 3 as bf16 + Kahan compensation,
+none on the device with ``mean_grad=cpu``, which keeps it in host memory and adds a few pinned staging
+gradients); the activations autograd keeps for one (micro-)batch; and the fp32 logits.
 Activations per token and layer are about ``(6 * hidden + 4 * intermediate) * dtype_bytes`` for a
 LLaMA layer with SDPA (no attention matrix is stored), or ``2 * hidden`` with gradient checkpointing.
 It is an estimate for planning; the measured peaks per phase are in ``metrics.json``.
@@ -11,28 +13,52 @@ from __future__ import annotations
 
 import torch
 
+from prune.importance.mean_grad import DEVICE_BYTES_PER_WEIGHT, HOST_BYTES_PER_WEIGHT, MEAN_GRAD_CHOICES, STAGING_SLOTS
 from prune.structure import ModelShape
 
 
-def estimate_bytes(config, shape: ModelShape, seq_len: int, batch_size: int, dtype: torch.dtype, gradient_checkpointing: bool = False, micro_batches: bool = False) -> dict[str, int]:
+def estimate_bytes(config, shape: ModelShape, seq_len: int, batch_size: int, dtype: torch.dtype, gradient_checkpointing: bool = False,
+                   micro_batches: bool = False, mean_grad: str = "fp32") -> dict[str, int]:
+    """Bytes on the device per part (and ``total``); ``host_running_mean`` is host memory, not in the total."""
     elem = torch.empty((), dtype=dtype).element_size()
     vocab = int(config.vocab_size)
     hidden = shape.hidden_size
     embed = vocab * hidden * (1 if getattr(config, "tie_word_embeddings", False) else 2)
     weights = (shape.prunable_params + embed + (2 * len(shape.layers) + 1) * hidden) * elem
     widest = max((s.intermediate_size for s in shape.layers), default=0)
-    grads = (shape.prunable_params if micro_batches else hidden * max(widest, hidden)) * elem
-    running_mean = shape.prunable_params * 4
+    largest = hidden * max(widest, hidden)
+    grads = (shape.prunable_params if micro_batches else largest) * elem
+    running_mean = shape.prunable_params * DEVICE_BYTES_PER_WEIGHT[mean_grad]
+    if mean_grad == "cpu":  # gradients waiting for their copy to a staging buffer
+        grads += STAGING_SLOTS * largest * elem
     tokens = seq_len * batch_size
     per_token_layer = (2 * hidden) if gradient_checkpointing else (6 * hidden + 4 * widest)
     activations = tokens * len(shape.layers) * per_token_layer * elem
     logits = tokens * vocab * (elem + 4 + 4)  # model-dtype logits, fp32 copy, fp32 softmax grad
-    parts = {"weights": weights, "gradients": grads, "fp32_running_mean": running_mean, "activations": activations, "logits": logits}
+    parts = {"weights": weights, "gradients": grads, "running_mean": running_mean, "activations": activations, "logits": logits}
     parts["total"] = sum(parts.values())
+    parts["host_running_mean"] = shape.prunable_params * HOST_BYTES_PER_WEIGHT[mean_grad]
     return parts
 
 
-def describe(parts: dict[str, int]) -> str:
+def estimate_all(config, shape: ModelShape, *args, **kwargs) -> dict[str, dict[str, int]]:
+    """``estimate_bytes`` for every ``importance.mean_grad`` choice (the rest of the arguments alike)."""
+    kwargs.pop("mean_grad", None)
+    return {kind: estimate_bytes(config, shape, *args, mean_grad=kind, **kwargs) for kind in MEAN_GRAD_CHOICES}
+
+
+def describe(parts: dict[str, int], mean_grad: str = "fp32") -> str:
     gib = 2**30
-    body = ", ".join(f"{k} {v / gib:.2f}" for k, v in parts.items() if k != "total")
-    return f"estimated peak memory of the importance pass: {parts['total'] / gib:.2f} GiB ({body} GiB)"
+    body = ", ".join(f"{k} {v / gib:.2f}" for k, v in parts.items() if k not in ("total", "host_running_mean"))
+    host = f"; host memory for G {parts['host_running_mean'] / gib:.2f} GiB" if parts.get("host_running_mean") else ""
+    return f"estimated peak memory of the importance pass (mean_grad={mean_grad}): {parts['total'] / gib:.2f} GiB ({body} GiB){host}"
+
+
+def describe_all(estimates: dict[str, dict[str, int]], chosen: str) -> str:
+    """One line per ``importance.mean_grad`` choice, the chosen one marked."""
+    gib = 2**30
+    lines = [describe(estimates[chosen], chosen), "  by importance.mean_grad (device total; host):"]
+    for kind, parts in estimates.items():
+        mark = "  <- chosen" if kind == chosen else ""
+        lines.append(f"    {kind:<10s} {parts['total'] / gib:7.2f} GiB; host {parts['host_running_mean'] / gib:.2f} GiB{mark}")
+    return "\n".join(lines)

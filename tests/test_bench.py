@@ -71,6 +71,23 @@ def test_quick_sanity_relations(quick):
     assert removal["layer_max_abs_loss_diff"] < 1e-4 and removal["block_max_abs_loss_diff"] < 1e-4
 
 
+def test_quick_static_decode_and_mean_grad_sections(quick):
+    speed = quick["speed"]
+    assert speed["decode"]["compiled"] is False and "skipped on CPU" in speed["decode"]["compile_note"]
+    assert set(speed["decode_speedup_by_batch"]) == {"1", "2"}
+    assert speed["decode_speedup"] == min(speed["decode_speedup_by_batch"].values())
+    assert speed["prefill_of_flop_ratio"] == pytest.approx(speed["prefill_speedup"] / speed["prefill_flop_ratio"])
+    assert finite(speed["decode_generate_speedup"])
+    mean_grad = quick["mean_grad"]
+    assert set(mean_grad["by_store"]) == {"fp32", "bf16_kahan", "cpu"}
+    for kind, row in mean_grad["by_store"].items():
+        assert row["scores_within_tolerance"] is True, kind
+        assert finite(row["time_ratio_vs_fp32"]) and row["estimate_gib"] > 0
+    assert mean_grad["by_store"]["cpu"]["store"] == "Fp32Mean"  # nothing to move on a CPU model
+    assert 0 < mean_grad["by_store"]["bf16_kahan"]["score_max_rel_diff"] <= 1e-4
+    assert mean_grad["goal"]["met"] is None  # a GPU goal
+
+
 @pytest.fixture
 def small_model():
     return bench.build_model(bench.QUICK_SHAPE, torch.device("cpu"), torch.float32, seed=0)
@@ -132,3 +149,16 @@ def test_sweep_read_back(tmp_path):
     assert data["sweep"]["phase_sums_s"] == pytest.approx({"importance": 7.0, "eval_before": 2.5})
     assert data["sweep"]["by_seq_len"]["512"] == pytest.approx({"jobs": 1, "importance": 5.0, "eval_before": 1.5, "total": 7.5})
     assert all(data[key] is None for key in bench.RESULT_KEYS)
+
+
+def test_static_cache_decode_makes_the_tokens_of_generate(small_model):
+    from prune.bench_speed import StaticDecoder, hf_generate, magnitude_scores, prune_copy
+
+    pruned, _ = prune_copy(small_model, magnitude_scores(small_model), 0.3, 8)
+    prompt = bench.random_windows(2, 8, bench.QUICK_SHAPE.vocab, seed=5)
+    for model in (small_model, pruned):
+        expected = hf_generate(model, prompt, 6)[:, 8:]
+        decoder = StaticDecoder(model, 8, 6, compile_step=False)
+        for _ in range(2):  # the cache is reset between runs
+            tokens, prefill_s, decode_s = decoder(prompt)
+            assert torch.equal(tokens, expected) and prefill_s > 0 and decode_s > 0

@@ -9,6 +9,10 @@ hook and freed straight away:
 * the per-group sums that the second-order term needs (``sum w^2 g_b^2``; additive over batches),
 * per-layer |g| statistics (sum |g|, sum g^2, count) for this batch.
 
+All three come from one pass over ``g_b`` (``prune.importance.fused``: a Triton kernel on CUDA, the torch
+reference elsewhere; ``importance.fused``), and ``G`` may be kept as bf16 + Kahan compensation or on the
+host (``prune.importance.mean_grad``; ``importance.mean_grad``).
+
 All squares and sums are taken in fp32/fp64 whatever the model dtype (fp16 squares of gradients
 underflow to zero). A batch that runs out of memory restarts the pass with micro-batches half as big;
 micro-batches accumulate into the same ``g_b``, so the scores do not change.
@@ -33,11 +37,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from prune.importance.fused import resolve_backend
+from prune.importance.mean_grad import MeanGradStore, make_store
 from prune.losses import sequence_nll
 from prune.structure import ATTENTION, MLP, GroupScores, Projection, add_channel_values, model_shape, projections
 
@@ -65,6 +72,12 @@ class LayerGradMoments:
         self.abs_sum = self.abs_sum + l1
         self.sq_sum = self.sq_sum + l2 * l2
         self.count += g.numel()
+
+    def add_sums(self, abs_sum: torch.Tensor, sq_sum: torch.Tensor, count: int) -> None:
+        """Add sums already reduced elsewhere (the fused per-gradient pass)."""
+        self.abs_sum = self.abs_sum + abs_sum
+        self.sq_sum = self.sq_sum + sq_sum
+        self.count += count
 
     def merged(self, other: "LayerGradMoments") -> "LayerGradMoments":
         return LayerGradMoments(
@@ -95,7 +108,7 @@ def summarize_moments(moments: dict[tuple[int, str], LayerGradMoments], n_layers
 class GradientPass:
     """What one calibration pass produced."""
 
-    mean_grad: dict[int, torch.Tensor]  # id(parameter) -> G (fp32), for prunable weights and grouped biases
+    mean_grad: Mapping[int, torch.Tensor]  # id(parameter) -> G (fp32, on access), prunable weights and grouped biases
     second_moment: GroupScores | None  # sum over each group of w^2 * F, per the fisher mode
     grad_stats: dict
     num_sequences: int
@@ -106,7 +119,8 @@ class GradientPass:
 
 
 class _Accumulator:
-    def __init__(self, model: nn.Module, fisher: str | None, batch_size: int, num_sequences: int):
+    def __init__(self, model: nn.Module, fisher: str | None, batch_size: int, num_sequences: int,
+                 fused="auto", mean_grad: str = "fp32"):
         self.shape = model_shape(model)
         self.fisher = fisher
         self.batch_size = batch_size
@@ -117,7 +131,10 @@ class _Accumulator:
             self.owner[id(proj.module.weight)] = (proj, "weight")
             if proj.grouped_bias:
                 self.owner[id(proj.module.bias)] = (proj, "bias")
-        self.mean_grad = {key: None for key in self.owner}
+        # id(param) -> G, read-only mapping of fp32 tensors; where and how G is kept: importance.mean_grad
+        params = {key: (proj.module.weight if kind == "weight" else proj.module.bias) for key, (proj, kind) in self.owner.items()}
+        self.backend = resolve_backend(fused, next(iter(params.values())).device)
+        self.mean_grad: MeanGradStore = make_store(mean_grad, params, 1.0 / self.num_batches)
         # per-channel sums of w^2 g^2, kept on the gradient's device until the end of the pass
         self.batch_sq: dict[int, torch.Tensor] | None = {} if fisher in ("sample", "batch", "token") else None
         self.seq_sq: dict[int, torch.Tensor] | None = {} if fisher == "exact" else None
@@ -169,12 +186,13 @@ class _Accumulator:
         proj, kind = self.owner[id(param)]
         grad = param.grad
         key = id(param)
-        if self.mean_grad[key] is None:
-            self.mean_grad[key] = torch.zeros_like(grad, dtype=torch.float32)
-        self.mean_grad[key].add_(grad.detach(), alpha=1.0 / self.num_batches)  # fp32 accumulate, no fp32 temp
+        # one pass over g: G, the |g| sums and (with a Fisher mode) the per-channel sums of (w g)^2
+        reduced = self.mean_grad.update(key, grad, None if kind == "bias" else proj.channel_dim,
+                                        self.batch_sq is not None, self.backend)
         if self.batch_sq is not None:
-            self._accumulate(self.batch_sq, key, self._channel_values(param, grad, proj, kind))
-        self.current.setdefault((proj.layer, proj.block), LayerGradMoments()).add(grad)
+            self._accumulate(self.batch_sq, key, reduced.channel_sq)
+        self.current.setdefault((proj.layer, proj.block), LayerGradMoments()).add_sums(
+            reduced.abs_sum, reduced.sq_sum, grad.numel())
         param.grad = None
 
     def end_batch(self) -> None:
@@ -278,8 +296,14 @@ def gradient_pass(
     micro_batch_size: int | None = None,
     gradient_checkpointing: bool = False,
     progress: bool = True,
+    fused="auto",
+    mean_grad: str = "fp32",
 ) -> GradientPass:
-    """Run the calibration windows through forward and backward once; see the module docstring."""
+    """Run the calibration windows through forward and backward once; see the module docstring.
+
+    ``fused`` and ``mean_grad`` choose how each batch gradient is reduced and where ``G`` is kept
+    (``prune.importance.fused``, ``prune.importance.mean_grad``); neither changes the scores beyond rounding.
+    """
     from tqdm.auto import tqdm
 
     if fisher is not None and fisher not in FISHER_MODES:
@@ -295,6 +319,7 @@ def gradient_pass(
     micro = 1 if fisher == "exact" else (micro_batch_size or batch_size)
     device = next(model.parameters()).device
     restarts = 0
+    acc = None
     was_training = model.training
     was_checkpointing = is_checkpointing(model)
     if gradient_checkpointing:
@@ -304,7 +329,7 @@ def gradient_pass(
         model.eval()
     try:
         while True:
-            acc = _Accumulator(model, fisher, batch_size, n)
+            acc = _Accumulator(model, fisher, batch_size, n, fused, mean_grad)
             acc.tokens_per_sequence = windows.shape[1] - 1
             try:
                 with _only_prunable_require_grad(model, acc.params()), _hooks(acc):
@@ -317,8 +342,10 @@ def gradient_pass(
                             loss = sequence_nll(model, unit.to(device)).sum() / batch_size
                             loss.backward()
                         acc.end_batch()
+                acc.mean_grad.finish()
                 break
             except torch.OutOfMemoryError:
+                acc.mean_grad.close()
                 if micro == 1:
                     raise
                 restarts += 1
@@ -326,19 +353,27 @@ def gradient_pass(
                 log.warning("Out of memory in the importance pass: restarting with micro-batches of %d", micro)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
+    except BaseException:
+        if acc is not None:
+            acc.mean_grad.close()
+        raise
     finally:
         if gradient_checkpointing and not was_checkpointing:
             set_checkpointing(model, False)
         model.train(was_training)
-    return GradientPass(
-        mean_grad=acc.mean_grad,
-        second_moment=acc.second_moment(),
-        grad_stats=acc.grad_stats(),
-        num_sequences=n,
-        num_batches=n // batch_size,
-        micro_batch_size=micro,
-        oom_restarts=restarts,
-    )
+    try:
+        return GradientPass(
+            mean_grad=acc.mean_grad,
+            second_moment=acc.second_moment(),
+            grad_stats=acc.grad_stats(),
+            num_sequences=n,
+            num_batches=n // batch_size,
+            micro_batch_size=micro,
+            oom_restarts=restarts,
+            extra={"fused": acc.backend, "mean_grad": type(acc.mean_grad).__name__},
+        )
+    finally:
+        acc.mean_grad.close()
 
 
 @contextlib.contextmanager

@@ -17,7 +17,9 @@ from torch import nn
 
 from prune.errors import ConfigError
 from prune.importance.base import Calibration, ImportanceMethod, ImportanceResult, register
+from prune.importance.fused import normalise_setting
 from prune.importance.gradients import FISHER_MODES, GradientPass, gradient_pass
+from prune.importance.mean_grad import check_choice
 from prune.structure import GroupScores, reduce_to_groups
 
 GRANULARITIES = ("element", "vector")
@@ -44,6 +46,8 @@ class Taylor(ImportanceMethod):
     fisher: str = "sample"
     gradient_checkpointing: bool = False
     micro_batch_size: int | None = None
+    fused: str | bool = "auto"  # one pass per gradient: auto (Triton on CUDA) | true | false (torch reference)
+    mean_grad: str = "fp32"  # where G lives: fp32 | bf16_kahan | cpu (host, pinned)
 
     def __post_init__(self):
         if self.order not in (1, 2):
@@ -52,6 +56,8 @@ class Taylor(ImportanceMethod):
             raise ConfigError(f"importance.granularity={self.granularity} is unknown: choose one of {', '.join(GRANULARITIES)}")
         if self.fisher not in FISHER_MODES:
             raise ConfigError(f"importance.fisher={self.fisher} is unknown: choose one of {', '.join(FISHER_MODES)}")
+        self.fused = normalise_setting(self.fused)
+        check_choice(self.mean_grad)
 
     def score(self, model: nn.Module, calibration: Calibration) -> ImportanceResult:
         grads = gradient_pass(
@@ -62,9 +68,11 @@ class Taylor(ImportanceMethod):
             micro_batch_size=self.micro_batch_size,
             gradient_checkpointing=self.gradient_checkpointing,
             progress=calibration.progress,
+            fused=self.fused,
+            mean_grad=self.mean_grad,
         )
         scores = first_order_scores(model, grads, self.granularity)
-        extra = {"oom_restarts": grads.oom_restarts, "micro_batch_size": grads.micro_batch_size}
+        extra = {"oom_restarts": grads.oom_restarts, "micro_batch_size": grads.micro_batch_size, **grads.extra}
         if self.order == 2:
             second = grads.second_moment.map(lambda t: 0.5 * t)
             extra["second_order_share"] = _share(second, scores + second)
