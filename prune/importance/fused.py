@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
+from prune.errors import ConfigError
+
 FUSED_CHOICES = ("auto", "true", "false")
 KAHAN_UNITS = 256.0  # the compensation is kept in 1/256 of the bf16 sum's last bit
 
@@ -72,7 +74,7 @@ def normalise_setting(setting) -> str:
     else:
         value = str(setting).lower()
     if value not in FUSED_CHOICES:
-        raise ValueError(f"unknown importance.fused '{setting}': choose one of {', '.join(FUSED_CHOICES)}")
+        raise ConfigError(f"unknown importance.fused '{setting}': choose one of {', '.join(FUSED_CHOICES)}")
     return value
 
 

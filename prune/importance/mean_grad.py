@@ -27,6 +27,7 @@ from collections.abc import Mapping
 
 import torch
 
+from prune.errors import ConfigError
 from prune.importance.fused import BatchReduction, kahan_value, reduce_grad
 
 MEAN_GRAD_CHOICES = ("fp32", "bf16_kahan", "cpu")
@@ -37,7 +38,7 @@ STAGING_SLOTS = 4
 
 def check_choice(kind: str) -> str:
     if kind not in MEAN_GRAD_CHOICES:
-        raise ValueError(f"unknown importance.mean_grad '{kind}': choose one of {', '.join(MEAN_GRAD_CHOICES)}")
+        raise ConfigError(f"unknown importance.mean_grad '{kind}': choose one of {', '.join(MEAN_GRAD_CHOICES)}")
     return kind
 
 
