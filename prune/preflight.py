@@ -79,7 +79,8 @@ NODE_SETTINGS = {  # settings of instantiated nodes, checked where the chosen op
     "importance.micro_batch_size": "int>0|null", "importance.mlp_sample": "int>0|null",
     "model.width_multiple": "int>0", "data.test_fraction": "fraction(0,1)",
 }
-GROUPS = ("testbed", "model", "data", "importance", "pruning", "budget", "logger", "experiment")
+# the config groups (their own files check their keys): every folder of conf/ but Hydra's
+GROUPS = tuple(sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra"))
 
 
 def preflight(cfg: DictConfig, out_dir: str | os.PathLike | None = None) -> None:
