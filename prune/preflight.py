@@ -67,7 +67,7 @@ SETTINGS = {  # every plain (not instantiated) setting of conf/config.yaml and i
     "eval.cache_before": "bool", "eval.tasks": "names", "eval.tasks_limit": "int>0|null",
     "eval.tasks_batch_size": "int>0|auto", "eval.tasks_fewshot": "int>=0", "eval.tasks_before": "bool",
     "eval.task_dir": "str|null", "eval.importance_accuracy": "bool",
-    "eval.ground_truth.length": "int>=2|null", "eval.ground_truth.max_tokens": "int>0|null",
+    "eval.ground_truth.lengths": "lengths", "eval.ground_truth.max_tokens": "int>0|null",
     "eval.ground_truth.mlp_sample": "int>=0", "eval.ground_truth.seed": "int",
     "save_model": "bool", "progress": "bool", "force": "bool", "threads": "int>0|null", "cache_dir": "str",
 }
