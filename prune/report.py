@@ -151,14 +151,21 @@ def removed_sets(plan: dict) -> dict[str, set]:
     return out
 
 
-def pairs_by_seed(jobs: list[dict]) -> bool:
-    """Whether one seed means the same calibration text in every arm: every job draws its text as blocks
-    (``calibration_block``) under one token budget."""
+# settings that change which calibration text a seed draws
+DATA_KEYS = ("seq_len", "num_samples", "token_budget", "calibration_block", "budget", "data", "model", "testbed")
+
+
+def pairs_by_seed(jobs: list[dict], x_key: str = "seq_len") -> bool:
+    """Whether one seed means the same calibration text in both arms compared along ``x_key``: either the
+    arms differ in a setting that does not touch the data (a criterion, a Fisher scale, a ratio), or every
+    job draws its text as blocks (``calibration_block``) under one token budget."""
+    data_keys = DATA_KEYS + tuple(k for k in (x_key,) if k.startswith(("lengths.", "data.", "model.")))
+    if x_key not in data_keys:
+        return True
     design = {(setting(j, "calibration_block"), setting(j, "token_budget")) for j in jobs}
     return len(design) == 1 and None not in next(iter(design))
 
 
-# ------------------------------------------------------------------------------------------ report
 class Report:
     def __init__(self, sweep_dir: str | Path):
         self.dir = Path(sweep_dir)
@@ -459,7 +466,7 @@ class Report:
             ref = xs[0]
             for other in xs[1:]:
                 a, b = groups[ref], groups[other]
-                paired = pairs_by_seed(a + b)
+                paired = pairs_by_seed(a + b, self.x_key)
 
                 def add(what, value, kind, lower_is_better):
                     row = judge(f"[{label}] {what}", self.x_key, ref, other,
@@ -508,7 +515,7 @@ class Report:
             lines.append("Fixed: " + ", ".join(f"{k}={v}" for k, v in fixed.items() if v is not None) + ".")
         lines += ["", "## Verdicts", "",
                   "Each line: mean ± sd over seeds per setting, the test (paired by seed where one seed is the same "
-                  "calibration text in both arms, else Welch), and the minimal detectable effect (MDE: 80 % power, "
+                  "calibration text in both arms: the arms differ in a setting that does not touch the data, or every job cuts its text from the same blocks under one token budget; else Welch), and the minimal detectable effect (MDE: 80 % power, "
                   "alpha 0.05, for this n and spread). 'No difference' is said only where the MDE is at most the effect "
                   "in question (PPL: 2 %, the seed note's lower prediction; task accuracy: 1 point; rank agreement: "
                   "0.05); otherwise 'cannot tell at this n'. No correction for the many lines; read a single p near "

@@ -53,7 +53,7 @@ def verdicts(report) -> list[dict]:
         label = report.series_label(key)
         for other in xs[1:]:
             ref = xs[0]
-            paired = pairs_by_seed(groups[ref] + groups[other])
+            paired = pairs_by_seed(groups[ref] + groups[other], report.x_key)
             for stage, what in STAGES[1:]:
                 arms = [{setting(j, "seed"): probe_mean(j["metrics"], stage) for j in groups[x]} for x in (ref, other)]
                 row = judge(f"[{label}] long-context probe accuracy (mean over lengths and depths), {what}",

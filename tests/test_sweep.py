@@ -217,6 +217,9 @@ def test_seeds_are_paired_only_where_one_seed_means_the_same_text():
     assert pairs_by_seed(jobs())
     assert not pairs_by_seed(jobs(block=None, budget=None))  # budget=samples: a seed draws other text per length
     assert not pairs_by_seed(jobs()[:3] + jobs(block=None)[3:])  # mixed designs
+    # arms that differ in a setting that does not touch the data: the same seed is the same text
+    assert pairs_by_seed(jobs(block=None, budget=None), "importance.fisher")
+    assert not pairs_by_seed(jobs(block=None, budget=None), "lengths.layer")
 
 
 def test_the_report_of_a_copied_sweep_does_not_depend_on_file_times(sweep, tmp_path):
