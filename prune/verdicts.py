@@ -48,8 +48,14 @@ def judge(what: str, x_key: str, ref, other, c: Comparison | None, kind: str, lo
            "effect": effect, "effect_source": source}
     if math.isnan(c.p):
         row["decision"] = "untestable"
-        judged = ("no seed repeats: cannot be judged against noise" if min(c.n_ref, c.n_other) < 2
-                  else "every seed gives the same value: no seed noise to judge against")
+        if min(c.n_ref, c.n_other) < 2:
+            judged = "no seed repeats: cannot be judged against noise"
+        elif c.test == "paired" and c.diff == 0:
+            judged = "identical at every seed (paired differences all zero)"
+        elif c.test == "paired":
+            judged = "the same difference at every seed (no spread of the paired differences to test against)"
+        else:
+            judged = "every seed gives the same value: no seed noise to judge against"
         row["text"] = f"- {what}: {numbers} — {judged}."
         return row
     stat = f"{'paired by seed' if c.test == 'paired' else 'Welch'} p={c.p:.3g}, MDE {mde_text}"
