@@ -16,10 +16,24 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("prune")
 CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def safe_dirname(overrides: str) -> str:
+    """A sweep point's folder name from its overrides: one path component (a path value such as
+    ``data.file=/a/b.txt`` must not nest folders), at most 200 characters (long ones keep a hash)."""
+    import hashlib
+
+    name = overrides.replace("/", "_").replace("\\", "_") or "default"
+    if len(name) > 200:
+        name = f"{name[:150]}-{hashlib.sha256(overrides.encode()).hexdigest()[:12]}"
+    return name
+
+
+OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
 
 
 def _print_summary(metrics: dict) -> None:

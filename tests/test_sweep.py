@@ -236,3 +236,12 @@ def test_the_report_of_a_copied_sweep_does_not_depend_on_file_times(sweep, tmp_p
     (folder / "multirun.yaml").touch()  # newest of all: every job folder 'older' than the launch
     jobs, stale = load_jobs(folder)
     assert len(jobs) == 8 and not stale
+
+
+def test_sweep_folder_names_are_one_path_component_of_bounded_length():
+    from prune.run import safe_dirname
+
+    name = safe_dirname("data.file=/data/a.txt,seed=0")
+    assert "/" not in name and name == "data.file=_data_a.txt,seed=0"
+    long = ",".join(f"eval.key{i}={'x' * 20}" for i in range(20))
+    assert len(safe_dirname(long)) <= 200 and safe_dirname(long) != safe_dirname(long + "y")
