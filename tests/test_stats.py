@@ -100,3 +100,20 @@ def test_unpaired_overlap_relabels_at_random():
     arm_b = {s + 10: set(rng.sample(range(50, 150), 30)) for s in range(5)}
     result = overlap_test(arm_a, arm_b, n_perm=500)
     assert math.isnan(result["same_seed"]) and result["permutations"] == 500 and result["p"] < 0.05
+
+
+def test_rank_agreement_on_the_groups_that_matter_is_not_decided_by_noise_among_zeros():
+    import torch
+
+    from prune.ground_truth import spearman, top_spearman, weighted_tau
+
+    gen = torch.Generator().manual_seed(0)
+    truth = torch.cat([torch.linspace(1.0, 0.1, 25, dtype=torch.float64), 1e-4 * torch.randn(75, generator=gen, dtype=torch.float64)])
+    scores = truth.clone()
+    scores[25:] = 0.05 * torch.rand(75, generator=gen, dtype=torch.float64)  # right on the important ones, noise elsewhere
+    assert spearman(scores, truth) < 0.6  # the 75 near-zero groups drag the plain Spearman down
+    assert top_spearman(truth, scores) == pytest.approx(1.0)
+    assert weighted_tau(truth, scores) > spearman(scores, truth) + 0.2
+    shuffled = scores.clone()
+    shuffled[:25] = scores[:25][torch.randperm(25, generator=gen)]  # wrong on the ones that matter
+    assert top_spearman(truth, shuffled) < 0.5 and weighted_tau(truth, shuffled) < weighted_tau(truth, scores) - 0.15

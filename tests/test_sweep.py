@@ -44,6 +44,13 @@ def test_experiment_runs_every_job_and_writes_the_report(sweep):
         assert f"({figure})" in report
     verdicts = json.loads((folder / "verdicts.json").read_text())
     assert any("importance accuracy" in v for v in verdicts["verdicts"])
+    # the ground truth at several window lengths, each verdict naming its own
+    for metrics in folder.glob("*/metrics.json"):
+        accuracy = json.loads(metrics.read_text())["importance_accuracy"]
+        assert set(accuracy["by_truth"]) == {"128", "512"}
+        assert {"attention", "attention_top", "attention_wtau", "mlp_wtau"} <= set(accuracy["by_truth"]["128"])
+    assert {L for L in ("128", "512") if any(f"truth on {L}-token windows" in v for v in verdicts["verdicts"])} == {"128", "512"}
+    assert all("MDE" in v or "no seed" in v or "identical" in v or "Jaccard" in v for v in verdicts["verdicts"])
 
 
 def test_jobs_share_one_wandb_group_and_the_report_is_a_run(sweep):
@@ -108,6 +115,13 @@ def test_an_archived_sweep_rebuilds_the_same_verdicts_from_its_compact_files(swe
 def test_readme_findings_are_the_committed_reports_verdicts():
     out = subprocess.run([sys.executable, "-m", "prune.findings", "--check"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
+
+
+def test_depth_study_moves_only_the_layer_importance_length():
+    from omegaconf import OmegaConf
+
+    sweep = OmegaConf.load(REPO / "conf" / "experiment" / "depth_seq_len.yaml").hydra.sweeper.params
+    assert "lengths.layer" in sweep and "seq_len" not in sweep and "lengths.taylor" not in sweep
 
 
 def test_launcher_presets_compose():
