@@ -445,7 +445,8 @@ class Report:
                             marker="o", capsize=3, label=self.series_label(key))
                 self._x_axis(ax, xs_raw)
             ax.set_ylabel("Spearman with true loss increase")
-            ax.set_title(f"importance accuracy: {block} groups", fontsize=9)
+            truth = sorted({(j["metrics"].get("importance_accuracy") or {}).get("length") for j in self.ok} - {None})
+            ax.set_title(f"importance accuracy: {block} groups\n(truth on {'/'.join(map(str, truth))}-token windows)", fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         self._save(fig, "importance_accuracy.png")
@@ -524,7 +525,7 @@ class Report:
         lines += ["", "## Perplexity", "", self._ppl_table(), ""]
         captions = {
             "ppl_after.png": "Perplexity after pruning (mean ± sd over seeds); dashed: before pruning.",
-            "importance_accuracy.png": "Spearman correlation of each run's group scores with the true loss increase of removing that group alone (held-out text).",
+            "importance_accuracy.png": "Spearman correlation of each run's group scores with the true loss increase of removing that group alone (held-out text, the longest truth window; every truth length, top-quarter Spearman and weighted tau are in the verdicts and summary.csv).",
             "overlap.png": "Overlap (Jaccard) of the sets of removed groups, over pairs of different seeds only: off-diagonal between settings, diagonal within one setting (the noise floor).",
             "grad_by_layer.png": "Per-layer mean and std of |gradient| over the prunable weights, and the coefficient of variation of the per-batch mean across batches.",
             "kept_by_layer.png": "Fraction of attention groups and MLP channels kept in every layer.",
