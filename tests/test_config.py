@@ -50,7 +50,7 @@ class _Config:
     (["pruning.ratio=1.5"], "pruning.ratio=1.5 must lie strictly between 0 and 1"),
     (["pruning.ratio=0"], "strictly between 0 and 1"),
     (["num_samples=30"], "multiple of batch_size=4"),
-    (["num_samples=4", "seq_len=128"], "fisher=sample needs at least two batches"),
+    (["num_samples=4", "seq_len=128"], "fisher=token needs at least two batches"),
     (["batch_size=0"], "positive integer"),
 ])
 def test_bad_settings_are_refused_in_one_line(overrides, message):

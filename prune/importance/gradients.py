@@ -313,7 +313,7 @@ def gradient_pass(
         raise ValueError(f"num_samples={n} must be a multiple of batch_size={batch_size}")
     if fisher in ("sample", "token") and n <= batch_size and batch_size > 1:
         raise ValueError(
-            f"fisher=sample needs at least two batches (num_samples={n}, batch_size={batch_size}); "
+            f"fisher={fisher} needs at least two batches (num_samples={n}, batch_size={batch_size}); "
             "use more samples, a smaller batch_size or fisher=exact"
         )
     micro = 1 if fisher == "exact" else (micro_batch_size or batch_size)

@@ -43,7 +43,7 @@ def first_order_scores(model: nn.Module, grads: GradientPass, granularity: str =
 class Taylor(ImportanceMethod):
     order: int = 2
     granularity: str = "element"
-    fisher: str = "sample"
+    fisher: str = "token"
     gradient_checkpointing: bool = False
     micro_batch_size: int | None = None
     fused: str | bool = "auto"  # one pass per gradient: auto (Triton on CUDA) | true | false (torch reference)
