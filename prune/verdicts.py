@@ -64,6 +64,9 @@ def judge(what: str, x_key: str, ref, other, c: Comparison | None, kind: str, lo
         row["decision"] = "differs"
         row["better"] = other if better else ref
         judged = f"differs beyond seed noise: {x_key}={row['better']} is better"
+        if abs(c.diff) < effect:
+            row["negligible"] = True
+            judged += f", by less than the effect in question ({effect_text})"
     elif c.mde <= effect:
         row["decision"] = "no_difference"
         judged = f"no difference of {effect_text} or more (would be detected at this n)"

@@ -64,6 +64,9 @@ def test_verdicts_say_differs_no_difference_or_cannot_tell_by_power():
 
     differs = verdict(ref, worse)
     assert differs["decision"] == "differs" and differs["better"] == 128 and "seq_len=128 is better" in differs["text"]
+    assert "less than the effect in question" not in differs["text"]
+    slightly = verdict(ref, {s: v * 1.005 for s, v in ref.items()})  # detected, but 0.5 % < 2 %
+    assert slightly["decision"] == "differs" and slightly["negligible"] and "less than the effect in question (2 %)" in slightly["text"]
     tight = verdict(ref, same)
     assert tight["decision"] == "no_difference" and tight["mde_rel"] < 0.02 and "MDE" in tight["text"]
     loose = verdict(noisy_a, noisy_b)
