@@ -482,6 +482,8 @@ class Report:
                     for length in self.eval_lengths():
                         add(f"{what}, eval window {length}", lambda m, L=length, t=tag: (m.get(t) or {}).get(L), "ppl", True)
                 tasks = sorted({t for j in a + b for t in (j["metrics"].get("acc_after") or {})})
+                if len(tasks) == 2 and "mean" in tasks:  # the mean of one task is that task
+                    tasks.remove("mean")
                 for task in tasks:
                     name = "mean downstream accuracy" if task == "mean" else f"{task} accuracy"
                     add(f"{name} after pruning", lambda m, t=task: (m.get("acc_after") or {}).get(t), "accuracy", False)
