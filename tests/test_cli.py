@@ -21,7 +21,8 @@ def prune_run(*args, tmp):
 def test_multirun_over_seq_len_writes_one_job_per_length(tiny_testbed, tmp_path):
     out = prune_run("-m", "seq_len=64,128", *FAST, f"hydra.sweep.dir={tmp_path / 'sweep'}", tmp=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    metrics = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/metrics.json"))]
+    metrics = sorted((json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/metrics.json")),
+                     key=lambda m: m["run"]["seq_len"])
     assert [m["run"]["seq_len"] for m in metrics] == [64, 128]
     assert all(m["status"] == "ok" for m in metrics)
     assert metrics[0]["data"]["calibration_windows"]["taylor"] == [8, 64]
