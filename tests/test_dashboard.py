@@ -11,7 +11,7 @@ from wandb_records import logged_config, logged_summary
 pytest.importorskip("wandb_workspaces")
 pytest.importorskip("peft")
 TINY = ["testbed=tiny", "batch_size=2", "num_samples=4", "eval.lengths=[128]", "progress=false", "eval.importance_accuracy=true",
-        "eval.ground_truth.max_tokens=1024", "eval.ground_truth.mlp_sample=8", "eval.ground_truth.length=128",
+        "eval.ground_truth.max_tokens=1024", "eval.ground_truth.mlp_sample=8", "eval.ground_truth.lengths=[128]",
         "recovery=lora", "recovery.steps=4", "recovery.warmup_steps=1", "recovery.seq_len=64", "recovery.log_every=1",
         "eval.tasks=[prune_passkey]", "eval.probe.lengths=[256]", "eval.probe.depths=[0.5]", "eval.probe.items=4"]
 
@@ -68,7 +68,7 @@ def test_dashboard_panels_read_only_logged_keys(sweep):
 def test_the_report_puts_one_shot_and_recovered_side_by_side_and_plots_the_probe(sweep):
     report = (sweep / "report.md").read_text()
     assert "## After pruning: recovery and the long-context probe" in report and "one-shot / recovered" in report
-    assert "PPL@128, recovered" in report and "(probe.png)" in report
+    assert "PPL after recovery, eval window 128" in report and "(probe.png)" in report
     assert (sweep / "probe.png").stat().st_size > 5000
     rows = [r for r in json.loads((sweep / "summary.json").read_text())]
     assert all(r["ppl_recovered_128"] > 0 and "acc_recovered_prune_passkey_L256_d50" in r for r in rows)

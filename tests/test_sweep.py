@@ -20,7 +20,7 @@ def prune_run(*args, cwd):
 @pytest.fixture(scope="module")
 def sweep(tiny_testbed, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
-    out = prune_run("experiment=seq_len_128_vs_512", *SMALL, "seed=0,1", "budget=samples,tokens",
+    out = prune_run("experiment=seq_len_128_vs_512", *SMALL, "seed=0,1", "budget=samples,tokens", "pruning.ratio=0.3",
                     f"hydra.sweep.dir={tmp / 'study'}", "logger.project=test", cwd=tmp)
     assert out.returncode == 0, out.stderr[-3000:]
     return tmp / "study", out
@@ -38,7 +38,7 @@ def test_experiment_runs_every_job_and_writes_the_report(sweep):
     tokens = {(r["seq_len"], r["num_samples"]) for r in rows if r["token_budget"]}
     assert tokens == {("128", "128"), ("512", "32")}  # equal token budget: 16384 at both lengths
     report = (folder / "report.md").read_text()
-    assert "## Verdicts" in report and "seq_len=128" in report and "between seeds" in report
+    assert "## Verdicts" in report and "seq_len=128" in report and "within a setting (different seeds on both sides)" in report
     for figure in ("ppl_after.png", "overlap.png", "grad_by_layer.png", "kept_by_layer.png", "cost.png", "importance_accuracy.png"):
         assert (folder / figure).stat().st_size > 5000, figure
         assert f"({figure})" in report
@@ -70,8 +70,8 @@ def test_rerunning_the_sweep_skips_finished_jobs_and_redoes_missing_ones(sweep, 
     )
     before = {p: p.stat().st_mtime for p in folder.glob("*/metrics.json")}
     (redo / "metrics.json").unlink()  # as if that job had been killed
-    out = prune_run("experiment=seq_len_128_vs_512", *SMALL, "seed=0,1", "budget=samples,tokens",
-                    f"hydra.sweep.dir={folder}", "logger=none", cwd=tmp_path)
+    out = prune_run("experiment=seq_len_128_vs_512", *SMALL, "seed=0,1", "budget=samples,tokens", "pruning.ratio=0.3",
+                    f"hydra.sweep.dir={folder}", "logger.project=test", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stderr.count("skipping") == 7
     after = {p: p.stat().st_mtime for p in folder.glob("*/metrics.json")}
@@ -169,7 +169,7 @@ def test_every_experiment_and_each_of_its_sweep_points_composes(name):
 
 def test_depth_experiment_report_has_layer_curves_and_task_accuracy(tiny_testbed, tmp_path):
     out = prune_run("experiment=depth_seq_len", "testbed=tiny", "batch_size=2", "num_samples=4", "eval.lengths=[128]",
-                    "eval.tasks_limit=4", "progress=false", "seq_len=64,128", "seed=0", "pruning=layer_weighted",
+                    "eval.tasks_limit=4", "progress=false", "seq_len=128", "lengths.layer=64,128", "seed=0", "pruning=layer_weighted",
                     "logger=none", f"hydra.sweep.dir={tmp_path / 'depth'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     folder = tmp_path / "depth"
@@ -178,7 +178,8 @@ def test_depth_experiment_report_has_layer_curves_and_task_accuracy(tiny_testbed
     assert all(r["acc_after_testbed_longrange"] not in ("", None) for r in rows)
     for metrics in folder.glob("*/metrics.json"):
         m = json.loads(metrics.read_text())
-        assert m["layer_scores"]["criterion"] == "layer" and m["layer_scores"]["length"] == m["run"]["seq_len"]
+        assert m["layer_scores"]["criterion"] == "layer" and m["layer_scores"]["length"] == m["run"]["lengths"]["layer"]
+        assert m["run"]["lengths"]["taylor"] == 128  # only the layer-importance length moves
     report = (folder / "report.md").read_text()
     assert "(layer_importance.png)" in report and (folder / "layer_importance.png").stat().st_size > 5000
     assert "testbed_longrange" in report
@@ -210,8 +211,8 @@ def test_a_smaller_relaunch_into_the_same_folder_reports_only_its_own_jobs(sweep
     folder = tmp_path / "study"
     shutil.copytree(sweep[0], folder)
     # 2 of the 8 jobs: both finished already (skipped); the other 6 folders are not points of this launch
-    out = prune_run("experiment=seq_len_128_vs_512", *SMALL, "seed=0", "budget=samples",
-                    f"hydra.sweep.dir={folder}", "logger=none", cwd=tmp_path)
+    out = prune_run("experiment=seq_len_128_vs_512", *SMALL, "seed=0", "budget=samples", "pruning.ratio=0.3",
+                    f"hydra.sweep.dir={folder}", "logger.project=test", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stderr.count("skipping") == 2
     rows = list(csv.DictReader(open(folder / "summary.csv")))
