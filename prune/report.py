@@ -175,7 +175,10 @@ class Report:
         # the x axis: seq_len, else a single calibration length (lengths.layer, ...), else the first varying key
         preferred = [k for k in varying if k == "seq_len"] + [k for k in varying if k.startswith("lengths.")]
         self.x_key = (preferred or varying or ["seq_len"])[0]
-        self.series_keys = [k for k in varying if k != self.x_key and not (self.x_key == "seq_len" and k == "num_samples" and "token_budget" in varying)]
+        # under a token budget num_samples follows seq_len (budget // seq_len): it is no series of its own
+        budgeted = any(setting(j, "token_budget") for j in self.ok or self.jobs)
+        self.series_keys = [k for k in varying if k != self.x_key
+                            and not (self.x_key == "seq_len" and k == "num_samples" and budgeted)]
         self.figures: dict[str, str] = {}
 
     def varied(self) -> list[str]:
