@@ -481,9 +481,8 @@ class Report:
 
                 for length in self.eval_lengths():
                     add(f"PPL after pruning, eval window {length}", lambda m, L=length: (m.get("ppl_after") or {}).get(L), "ppl", True)
-                for tag, what in (("ppl_recovered", "PPL after recovery"),):
-                    for length in self.eval_lengths():
-                        add(f"{what}, eval window {length}", lambda m, L=length, t=tag: (m.get(t) or {}).get(L), "ppl", True)
+                for length in self.eval_lengths():  # judged only where jobs ran recovery=...
+                    add(f"PPL after recovery, eval window {length}", lambda m, L=length: (m.get("ppl_recovered") or {}).get(L), "ppl", True)
                 tasks = sorted({t for j in a + b for t in (j["metrics"].get("acc_after") or {})})
                 if len(tasks) == 2 and "mean" in tasks:  # the mean of one task is that task
                     tasks.remove("mean")

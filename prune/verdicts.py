@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from prune.stats import Comparison, compare, n_needed, overlap_test, removal_frequencies
+from prune.stats import Comparison, n_needed, overlap_test, removal_frequencies
 
 # metric kind -> (scale of the effect in question, its size, where it comes from)
 EFFECTS = {

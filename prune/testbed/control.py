@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prune.errors import ConfigError
 from prune.structure import channel_to_group, model_shape, projections
 from prune.testbed.corpus import SPECIAL_TOKENS
 
@@ -60,9 +61,9 @@ def scramble_facts(stream: torch.Tensor, spec, seed: int) -> torch.Tensor:
 def _check(spec) -> None:
     t, m = spec.training, spec.model
     if not 0 <= t.dedicated_layer < m.num_layers:
-        raise ValueError(f"testbed.training.dedicated_layer={t.dedicated_layer} must index one of {m.num_layers} layers")
+        raise ConfigError(f"testbed.training.dedicated_layer={t.dedicated_layer} must index one of {m.num_layers} layers")
     if not 0 <= t.dedicated_group < m.num_kv_heads:
-        raise ValueError(f"testbed.training.dedicated_group={t.dedicated_group} must index one of {m.num_kv_heads} KV groups")
+        raise ConfigError(f"testbed.training.dedicated_group={t.dedicated_group} must index one of {m.num_kv_heads} KV groups")
 
 
 def train_dedicated(spec, train_stream: torch.Tensor, dense: torch.Tensor, held_out_dense: torch.Tensor,
