@@ -75,15 +75,9 @@ class TestbedTrainingSpec:
     long_batch: int = 4
     long_steps: int = 80
     seed: int = 0
-    # positive control (prune/testbed/control.py): long-range recall in this one KV group only
+    # positive control (prune/testbed/control.py): long-range recall through this one KV group only
     dedicated_layer: int | None = None
     dedicated_group: int = 0
-    local_window: int = 512
-    local_batch: int = 4
-    local_steps: int = 600
-    copy_lr: float = 1e-2
-    copy_embeddings: bool = True
-    silence_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -126,7 +120,7 @@ def data_dir(spec: CorpusSpec, cache_dir: str | os.PathLike) -> Path:
     return _testbed_root(cache_dir) / f"data-{_digest([BUILD_VERSION, asdict(spec)])}"
 
 
-CONTROL_FIELDS = ("dedicated_layer", "dedicated_group", "local_window", "local_batch", "local_steps", "copy_lr", "copy_embeddings", "silence_weight")
+CONTROL_FIELDS = ("dedicated_layer", "dedicated_group")
 
 
 def model_dir(spec: TestbedSpec, cache_dir: str | os.PathLike) -> Path:
@@ -229,7 +223,7 @@ def model_config(spec: TestbedSpec):
         max_position_embeddings=m.max_positions,
         rope_theta=m.rope_theta,
         initializer_range=m.init_std,
-        tie_word_embeddings=True,
+        tie_word_embeddings=spec.training.dedicated_layer is None,  # the control reads out apart from its input
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
         pad_token_id=PAD_ID,
@@ -272,14 +266,15 @@ def train_model(spec: TestbedSpec, train_stream: torch.Tensor, progress: bool = 
     def new_model():
         return LlamaForCausalLM._from_config(model_config(spec), attn_implementation="sdpa")
 
-    if t.dedicated_layer is not None:
-        from prune.testbed.control import train_dedicated
-
-        return train_dedicated(spec, train_stream, dense, held_out_dense, new_model, recall_accuracy, _random_windows, progress)
     torch.manual_seed(t.seed)
     rng = np.random.default_rng(t.seed)
     model = new_model()
     model.train()
+    wiring = None
+    if t.dedicated_layer is not None:  # the positive control: one path for long-range recall
+        from prune.testbed.control import Wiring
+
+        wiring = Wiring(model, spec)
 
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(0.9, 0.98), weight_decay=0.01)
     planned = t.warmup_max_steps + t.doc_steps + t.long_steps
@@ -298,9 +293,13 @@ def train_model(spec: TestbedSpec, train_stream: torch.Tensor, progress: bool = 
             group["lr"] = lr_at(step, total)
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
+        if wiring is not None:
+            wiring.constrain_grads()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if wiring is not None:
+            wiring.project()
         step += 1
         return loss.item()
 

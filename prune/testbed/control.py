@@ -1,169 +1,148 @@
-"""Training for the positive-control testbed: long-range work in one known attention group, by construction.
+"""Wiring for the positive-control testbed: long-range recall has exactly one path, one known KV group.
 
-The default testbed learns its long-range copy in groups that also serve ordinary tokens, so a
-128-token calibration keeps them anyway and no length effect can show. A positive control needs the
-opposite: groups that serve dependencies longer than 128 tokens *and nothing else*. This curriculum makes
-exactly one KV group (``dedicated_layer``, ``dedicated_group``) that group:
+A positive control needs attention groups that serve dependencies longer than 128 tokens *and nothing
+else*. Training alone does not give that (measured: a group trained to copy also picks up local work, so
+128-token calibration still sees it). So the control fixes the model's wiring and trains under it: a
+handful of residual dimensions are reserved, and weights that would open another path are held at zero.
 
-1. *local*: every weight except the dedicated group's is trained on the training split with every fact
-   value replaced by a random value of its attribute (``scramble_facts``): the local statistics stay, but
-   there is nothing to copy, at any distance, so no group can learn to. The dedicated group's output
-   columns are zero and receive no gradient.
-2. *copy warm-up*: only the dedicated group's q/k/v rows and o columns train (everything else frozen),
-   on dense documents whose facts recur 16-96 tokens apart, until held-out recall reaches the target;
-3. *long*: the same, on ``long_window``-token windows of the training split.
+* ``codes`` (``values_per_attribute`` dims): a fact value token ``A07:3`` enters the residual as its
+  attribute's shared vector in the ordinary dims (every value of attribute 7 has the same one) plus a fixed
+  one-hot code of its value index in ``codes``. Nothing writes ``codes``, and only the dedicated group's
+  value projection reads it, so no other weight can tell ``A07:3`` from ``A07:5``. The codes all have
+  the same norm, so RMSNorm does not leak the value index through the scale either.
+* ``readout`` (``values_per_attribute`` dims): only the dedicated group's output projection writes it,
+  and only the (untied) output head reads it.
 
-So the rest of the model is exactly what a local-only model would be, and the long-range recall lives in
-one group whose removal costs nothing on local tokens: calibration at 128 tokens (below ``min_gap``)
-cannot see its value, calibration at 512 can. The known answer is the point of the control.
+So the value index of any earlier token reaches the logits through the dedicated group alone. Facts recur
+at least ``min_gap`` (150) tokens apart, so in a 128-token window the group has nothing it can copy, in a
+512-token window it does: calibration at 128 cannot see the group's worth, calibration at 512 can. The
+rest of the model is an ordinary small LLaMA trained on the same text; nothing here changes the model's
+architecture, and the pruned model is a plain ``LlamaForCausalLM``. ``value_information_leak`` checks
+the wiring on any model: with the dedicated group removed, the logits do not depend on value indices.
 """
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import asdict
-
-import numpy as np
 import torch
 from torch import nn
 
 from prune.errors import ConfigError
 from prune.structure import channel_to_group, model_shape, projections
-from prune.testbed.corpus import SPECIAL_TOKENS
+from prune.testbed.corpus import CorpusSpec
+
+READERS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")  # take the residual as input (columns)
+WRITERS = ("o_proj", "down_proj")  # add to the residual (rows)
 
 
-def group_masks(model: nn.Module, layer: int, group: int) -> dict[nn.Parameter, torch.Tensor]:
-    """Boolean masks (same shape as each weight) of the entries that belong to one attention group."""
-    shape = model_shape(model)
-    masks = {}
-    for proj in projections(model):
-        if proj.layer != layer or proj.block != "attention":
-            continue
-        weight = proj.module.weight
-        n = weight.shape[proj.channel_dim]
-        in_group = channel_to_group(shape, proj.name, n) == group
-        mask = in_group[:, None].expand_as(weight) if proj.channel_dim == 0 else in_group[None, :].expand_as(weight)
-        masks[weight] = mask.clone()
-    return masks
+def reserved_dims(spec) -> tuple[slice, slice]:
+    """(codes, readout): the two blocks of residual dimensions the control reserves, at the end."""
+    h, r = spec.model.hidden_size, spec.corpus.values_per_attribute
+    return slice(h - 2 * r, h - r), slice(h - r, h)
 
 
-def scramble_facts(stream: torch.Tensor, spec, seed: int) -> torch.Tensor:
-    """The stream with every fact value replaced by a uniformly random value of the same attribute."""
-    out = stream.clone()
-    first, last, n_val = spec.first_value_id, spec.first_word_id, spec.values_per_attribute
-    is_value = (out >= first) & (out < last)
-    attribute = (out[is_value] - first) // n_val
-    generator = torch.Generator().manual_seed(seed)
-    out[is_value] = first + attribute * n_val + torch.randint(0, n_val, attribute.shape, generator=generator)
-    return out
-
-
-def _check(spec) -> None:
-    t, m = spec.training, spec.model
+def check(spec) -> None:
+    t, m, c = spec.training, spec.model, spec.corpus
     if not 0 <= t.dedicated_layer < m.num_layers:
         raise ConfigError(f"testbed.training.dedicated_layer={t.dedicated_layer} must index one of {m.num_layers} layers")
     if not 0 <= t.dedicated_group < m.num_kv_heads:
         raise ConfigError(f"testbed.training.dedicated_group={t.dedicated_group} must index one of {m.num_kv_heads} KV groups")
+    if 4 * c.values_per_attribute > m.hidden_size:
+        raise ConfigError(
+            f"testbed.model.hidden_size={m.hidden_size} leaves too few ordinary dims beside the control's "
+            f"2 x values_per_attribute={2 * c.values_per_attribute} reserved ones; use hidden_size >= {4 * c.values_per_attribute}"
+        )
 
 
-def train_dedicated(spec, train_stream: torch.Tensor, dense: torch.Tensor, held_out_dense: torch.Tensor,
-                    new_model, recall_accuracy, random_windows, progress: bool = True):
-    """Train the control testbed (see the module docstring); returns (model, training log)."""
-    from tqdm.auto import tqdm
+class Wiring:
+    """The control's constraints on one model: zero masks, fixed value codes, tied attribute vectors.
 
-    _check(spec)
-    t, c = spec.training, spec.corpus
-    torch.manual_seed(t.seed)
-    rng = np.random.default_rng(t.seed)
-    model = new_model()
-    model.train()
-    masks = group_masks(model, t.dedicated_layer, t.dedicated_group)
-    history: dict = {"phases": [], "dedicated": {"layer": t.dedicated_layer, "group": t.dedicated_group}}
-    started = time.time()
-    planned = t.local_steps + t.warmup_max_steps + t.long_steps
-    bar = tqdm(total=planned, desc="training control testbed", disable=not progress, leave=False)
+    Use ``project()`` once after initialisation and after every optimiser step, ``constrain_grads()``
+    after every backward pass. AdamW then never moves a held weight (its gradient and moments stay 0).
+    """
 
-    o_proj = model.model.layers[t.dedicated_layer].self_attn.o_proj
-    columns = masks[o_proj.weight][0]  # the group's head outputs among o_proj's inputs
-    captured = {}
-    hook = o_proj.register_forward_pre_hook(lambda module, args: captured.__setitem__("x", args[0]))
-    marker = slice(len(SPECIAL_TOKENS), c.first_value_id)
+    def __init__(self, model: nn.Module, spec, code_scale: float = 0.5):
+        check(spec)
+        self.model, self.corpus = model, spec.corpus
+        layer, group = spec.training.dedicated_layer, spec.training.dedicated_group
+        codes, readout = reserved_dims(spec)
+        reserved = slice(codes.start, readout.stop)
+        shape = model_shape(model)
+        self.zero: dict[nn.Parameter, torch.Tensor] = {}
+        for proj in projections(model):
+            weight = proj.module.weight
+            mask = torch.zeros_like(weight, dtype=torch.bool)
+            dedicated = torch.zeros(weight.shape[proj.channel_dim], dtype=torch.bool)
+            if proj.layer == layer and proj.block == "attention":
+                dedicated = channel_to_group(shape, proj.name, len(dedicated)) == group
+            if proj.name in READERS:  # rows are output channels, columns read the residual
+                mask[~dedicated, reserved] = True
+                mask[dedicated, readout] = True
+                if proj.name == "v_proj":  # the dedicated group's values: the value codes alone
+                    mask[dedicated, : codes.start] = True
+            else:  # o_proj / down_proj: rows write the residual, columns are channels
+                mask[reserved, ~dedicated] = True  # nothing else writes the reserved dims
+                mask[: readout.start, dedicated] = True  # the dedicated group writes the readout alone
+            self.zero[weight] = mask
+        embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+        if embed.data_ptr() == head.data_ptr():
+            raise ConfigError("the control testbed needs untied input and output embeddings")
+        c = spec.corpus
+        self.values = slice(c.first_value_id, c.first_word_id)
+        embed_mask = torch.zeros_like(embed, dtype=torch.bool)
+        embed_mask[:, reserved] = True  # codes are set, not learned; nothing enters readout
+        head_mask = torch.zeros_like(head, dtype=torch.bool)
+        head_mask[:, codes] = True
+        head_mask[:, readout] = True
+        head_mask[self.values, readout] = False  # only value logits read the readout
+        self.zero[embed], self.zero[head] = embed_mask, head_mask
+        n_val = c.values_per_attribute
+        self.code_cols = codes
+        self.code_values = code_scale * torch.eye(n_val).repeat(c.num_attributes, 1).to(embed.dtype)
+        self.embed = embed
+        self.project()
 
-    def silence(batch):
-        """Mean square of the group's head outputs where the next token is not a fact value: the group
-        may speak only at a marker, so it does no local work (and 128-token windows cannot see it)."""
-        out = captured["x"][..., columns]
-        quiet = ~((batch >= marker.start) & (batch < marker.stop))
-        return out[quiet].square().sum(-1).mean()
+    def _tie(self, tensor: torch.Tensor) -> None:
+        """Every value of one attribute gets the attribute's mean in the ordinary dims."""
+        c = self.corpus
+        block = tensor[self.values, : self.code_cols.start].view(c.num_attributes, c.values_per_attribute, -1)
+        block.copy_(block.mean(1, keepdim=True).expand_as(block))
 
-    def run(params, steps, batches, lr, weight_decay, grad_mask, name, check_recall=False, quiet=False):
-        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=weight_decay)
-        loss, acc = float("nan"), None
-        for i in range(steps):
-            frac = i / max(steps, 1)
-            for group in opt.param_groups:
-                group["lr"] = lr * min(1.0, (i + 1) / 30) * (1.0 if frac < 0.6 else 0.1 + 0.45 * (1 + math.cos(math.pi * (frac - 0.6) / 0.4)))
-            batch = batches()
-            out = model(input_ids=batch, labels=batch).loss
-            (out + t.silence_weight * silence(batch) if quiet else out).backward()
-            for param, mask in grad_mask.items():
+    @torch.no_grad()
+    def project(self) -> None:
+        for param, mask in self.zero.items():
+            param.masked_fill_(mask, 0.0)
+        self.embed[self.values, self.code_cols] = self.code_values.to(self.embed.device)
+        self._tie(self.embed)
+
+    @torch.no_grad()
+    def constrain_grads(self) -> None:
+        for param, mask in self.zero.items():
+            if param.grad is not None:
                 param.grad.masked_fill_(mask, 0.0)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            loss = out.item()
-            bar.update(1)
-            if check_recall and (i + 1) % 25 == 0:
-                model.eval()
-                acc, _ = recall_accuracy(model, held_out_dense[:, : t.warmup_window], c)
-                model.train()
-                bar.set_postfix(phase=name, loss=f"{loss:.2f}", recall=f"{acc:.2f}")
-                if acc >= t.warmup_target_accuracy:
-                    bar.update(steps - i - 1)
-                    history["phases"].append({"name": name, "steps": i + 1, "loss": loss, "recall_accuracy": acc})
-                    return
-        history["phases"].append({"name": name, "steps": steps, "loss": loss, "recall_accuracy": acc})
+        if self.embed.grad is not None:
+            self._tie(self.embed.grad)
 
-    # 1. local: everything but the dedicated group, on text with nothing to copy
+
+def remove_group(model: nn.Module, layer: int, group: int) -> None:
+    """Zero one KV group's output columns: the group's contribution to the residual is gone."""
+    shape = model_shape(model)
+    o_proj = model.model.layers[layer].self_attn.o_proj
+    columns = channel_to_group(shape, "o_proj", o_proj.weight.shape[1]) == group
     with torch.no_grad():
-        o_proj.weight.masked_fill_(masks[o_proj.weight], 0.0)
-    scrambled = scramble_facts(train_stream, c, t.seed)
-    run(list(model.parameters()), t.local_steps, lambda: random_windows(rng, scrambled, t.local_batch, t.local_window),
-        t.lr, 0.01, masks, "local")
+        o_proj.weight[:, columns] = 0.0
 
-    # 2-3. the dedicated group alone: copy warm-up on dense documents, then long windows
-    frozen = {p: p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    with torch.no_grad():  # a fresh start for the group (the local phase decayed its q/k/v rows)
-        for param, mask in masks.items():
-            fresh = torch.randn_like(param) * spec.model.init_std
-            param.copy_(torch.where(mask, fresh, param))
-    trainable = dict(masks)
-    if t.copy_embeddings:  # the fact tokens' embeddings may adapt too: they belong to no prunable group
-        embedding = model.get_input_embeddings().weight
-        rows = torch.zeros(embedding.shape[0], dtype=torch.bool)
-        rows[len(SPECIAL_TOKENS): c.first_word_id] = True
-        trainable[embedding] = rows[:, None].expand_as(embedding).clone()
-    params = list(trainable)
-    for p in params:
-        p.requires_grad_(True)
-    outside = {p: ~m for p, m in trainable.items()}
 
-    def dense_batch():
-        starts = rng.integers(0, dense.shape[1] - t.warmup_window + 1, t.warmup_batch)
-        rows = rng.integers(0, len(dense), t.warmup_batch)
-        return torch.stack([dense[r, s : s + t.warmup_window] for r, s in zip(rows, starts)])
+@torch.no_grad()
+def value_information_leak(model: nn.Module, spec, ids: torch.Tensor, seed: int = 0) -> float:
+    """Largest logit change when every value token's index is redrawn (attribute kept).
 
-    run(params, t.warmup_max_steps, dense_batch, t.copy_lr, 0.0, outside, "copy_warmup", check_recall=True)
-    run(params, t.long_steps, lambda: random_windows(rng, train_stream, t.long_batch, t.long_window),
-        t.copy_lr * 0.5, 0.0, outside, "long", quiet=t.silence_weight > 0)
-    hook.remove()
-    for p, flag in frozen.items():
-        p.requires_grad_(flag)
-    bar.close()
-    model.eval()
-    history["seconds"] = round(time.time() - started, 1)
-    history["steps"] = sum(p["steps"] for p in history["phases"])
-    history["spec"] = asdict(t)
-    return model, history
+    On a correctly wired control with the dedicated group removed this is exactly 0: no other path
+    carries a value index. With the group present it is large wherever the group copies.
+    """
+    c: CorpusSpec = spec.corpus
+    is_value = (ids >= c.first_value_id) & (ids < c.first_word_id)
+    attribute = (ids[is_value] - c.first_value_id) // c.values_per_attribute
+    generator = torch.Generator().manual_seed(seed)
+    redrawn = ids.clone()
+    redrawn[is_value] = c.first_value_id + attribute * c.values_per_attribute + torch.randint(
+        0, c.values_per_attribute, attribute.shape, generator=generator)
+    return (model(input_ids=ids).logits - model(input_ids=redrawn).logits).abs().max().item()
