@@ -1,12 +1,12 @@
 """Acceptance numbers of the embedded testbed, and which attention groups carry long-range facts.
 
-    python experiments/testbed_report.py [--out experiments/results]
+    python experiments/testbed_report.py [--out experiments/results] [--testbed control]
 
 Builds (or reuses) the default testbed, then reports on held-out text:
 * long-range recall accuracy (chance = 1 / values_per_attribute) and loss per token class, per window;
 * the loss on tokens whose source lies > 128 tokens back, with 128- vs 1024-token windows;
 * the loss increase on long-range and on local tokens when each attention group alone is removed.
-Writes ``testbed.json`` and ``testbed.md`` into ``--out``.
+Writes ``testbed.json`` and ``testbed.md`` into ``--out`` (``testbed_<name>.*`` for ``--testbed <name>``).
 """
 from __future__ import annotations
 
@@ -61,13 +61,16 @@ def main() -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "testbed.json").write_text(json.dumps(result, indent=2))
-    (out / "testbed.md").write_text(render(result))
+    result["testbed"] = args.testbed
+    name = "testbed" if args.testbed == "default" else f"testbed_{args.testbed}"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{name}.md").write_text(render(result))
     print(render(result))
 
 
 def render(r: dict) -> str:
-    lines = ["# Testbed acceptance numbers", ""]
+    title = "" if r.get("testbed", "default") == "default" else f" (`testbed={r['testbed']}`)"
+    lines = [f"# Testbed acceptance numbers{title}", ""]
     t = r["training"]
     lines.append(f"Trained in {t['seconds']} s ({t['steps']} steps); chance accuracy on a fact value = {r['chance_accuracy']:.3f}.")
     lines += ["", "## Loss and accuracy per token class (held-out text)", "",
