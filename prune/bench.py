@@ -775,10 +775,10 @@ class _Report:
         self.write()
 
     def write(self):
+        from prune.files import write_text
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=_json_default) + "\n")
-        tmp.replace(self.path)
+        write_text(self.path, json.dumps(self.data, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(obj):

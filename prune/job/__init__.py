@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from prune.cache import cached, fingerprint, tensor_digest
 from prune.data import calibration_windows, tokenize_documents
 from prune.errors import ConfigError, DataError, PruneLabError, PruningError, UnsupportedModelError, first_line
+from prune.files import write_text
 from prune.evaluate import effective_lengths, evaluate_lengths
 from prune.importance import Calibration, ImportanceResult
 from prune.models import max_positions, resolve_device, resolve_dtype
@@ -100,9 +101,7 @@ def _tokenize_split(source, split: str, tokenizer, seed: int) -> torch.Tensor:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    tmp.replace(path)
+    write_text(path, json.dumps(data, indent=2, default=float))
 
 
 def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> dict:
