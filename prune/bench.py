@@ -561,46 +561,6 @@ def bench_removal(model, windows, batch_size, repeats, warmup, device) -> dict:
     return report
 
 
-# ---------------------------------------------------------------------------------------------- sweep
-def read_sweep(folder: str | os.PathLike) -> dict:
-    """Time spent by a finished multirun, from its jobs' ``metrics.json`` (nothing is run).
-
-    ``jobs_total_s`` sums the jobs' own wall times; ``launch_wall_s`` is the time from the launch
-    (``multirun.yaml`` written) to the last ``metrics.json`` written, so it also holds process start-up and
-    Hydra's work between jobs; ``by_seq_len`` gives the mean seconds per phase of one job at each length.
-    """
-    folder = Path(folder)
-    files = sorted(folder.glob("*/metrics.json")) or sorted(folder.rglob("metrics.json"))
-    if not files:
-        raise FileNotFoundError(f"no */metrics.json under {folder}")
-    phases: dict[str, float] = {}
-    by_length: dict = {}
-    jobs, total, status = [], 0.0, {}
-    for path in files:
-        metrics = json.loads(path.read_text())
-        timings = {k: float(v) for k, v in (metrics.get("timings") or {}).items() if isinstance(v, (int, float))}
-        job_total = timings.pop("total", None)
-        if job_total is None:
-            job_total = sum(timings.values())
-        total += job_total
-        for k, v in timings.items():
-            phases[k] = phases.get(k, 0.0) + v
-        st = metrics.get("status", "?")
-        status[st] = status.get(st, 0) + 1
-        seq_len = (metrics.get("run") or {}).get("seq_len")
-        jobs.append({"job": str(path.parent.relative_to(folder)), "status": st, "total_s": job_total, "seq_len": seq_len})
-        if st == "ok":
-            by_length.setdefault(seq_len, []).append({**timings, "total": job_total})
-    launch = folder / "multirun.yaml"
-    launch_wall = max(p.stat().st_mtime for p in files) - launch.stat().st_mtime if launch.exists() else None
-    means = {
-        str(length): {"jobs": len(rows), **{k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in dict.fromkeys(k for r in rows for k in r)}}
-        for length, rows in sorted(by_length.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
-    }
-    return {"folder": str(folder), "jobs": len(files), "status": status, "jobs_total_s": total,
-            "launch_wall_s": launch_wall, "phase_sums_s": phases, "by_seq_len": means, "per_job": jobs}
-
-
 # ----------------------------------------------------------------------------------------------- CLI
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -1008,7 +968,9 @@ def main(argv=None) -> int:
         del model
 
     if args.sweep:
-        report.set(sweep=read_sweep(args.sweep))
+        from prune.sweep.table import time_spent
+
+        report.set(sweep=time_spent(args.sweep))
 
     report.data["context"]["loadavg_end"] = _loadavg()
     report.data["context"]["wall_s"] = time.perf_counter() - started

@@ -226,7 +226,7 @@ def test_a_sweep_with_refused_jobs_exits_non_zero_after_its_report(no_model, tmp
 
 
 def test_varying_names_what_varied_when_only_one_job_is_ok(tmp_path):
-    from prune.report import Report
+    from prune.sweep.report import Report
 
     for i, (ratio, status) in enumerate([(0.3, "ok"), (1.5, "refused")]):
         (tmp_path / str(i) / ".hydra").mkdir(parents=True)
