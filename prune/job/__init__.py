@@ -396,7 +396,8 @@ def _importance_accuracy(cfg, model, test_stream, eval_lengths, result, model_id
     """Rank agreement of this run's group scores with the (cached) true removal effect on held-out text,
     once per ground-truth window length; the flat keys repeat the longest length's values."""
     from prune.data import evaluation_windows
-    from prune.ground_truth import importance_accuracy, removal_ground_truth
+    from prune.ground_truth import importance_accuracy
+    from prune.importance.removal import removal_ground_truth
 
     gt = cfg.eval.ground_truth
     out: dict = {"truth_lengths": ground_truth_lengths(cfg, eval_lengths), "by_truth": {}}
