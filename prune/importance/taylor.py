@@ -18,7 +18,8 @@ from torch import nn
 from prune.errors import ConfigError
 from prune.importance.base import Calibration, ImportanceMethod, ImportanceResult, register
 from prune.importance.fused import normalise_setting
-from prune.importance.gradients import FISHER_MODES, GradientPass, gradient_pass
+from prune.importance.fisher import FISHER_MODES
+from prune.importance.gradients import GradientPass, gradient_pass
 from prune.importance.mean_grad import check_choice
 from prune.structure import GroupScores, reduce_to_groups
 
