@@ -1,7 +1,7 @@
 """``prune-dashboard <sweep folder>``: a sweep's W&B workspace as code (the ``wandb-workspaces`` library).
 
 The panels are built from what the sweep's jobs wrote (``metrics.json``: eval lengths, tasks, recovery,
-importance accuracy), with the metric keys the jobs log to W&B (``prune.job._log``, ``prune.recovery``,
+importance accuracy), with the metric keys the jobs log to W&B (``prune.job.tracked``, ``prune.recovery``,
 ``prune.tracking``): per-layer |grad| mean and std and kept fractions against ``layer``; PPL after
 pruning (one-shot and recovered) and task / probe accuracy; importance accuracy; the recovery loss; the
 report run's images and summary table; and a runs table (pinned columns) with time and peak memory. The
