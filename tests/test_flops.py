@@ -29,3 +29,20 @@ def test_flop_count_matches_torch_flop_counter(tiny):
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         tiny(input_ids=tokens, use_cache=False)
     assert counter.get_total_flops() == model_shape(tiny).forward_flops(5, sequences=3)
+
+
+def test_flops_count_towards_the_innermost_open_phase():
+    import time
+
+    from prune.profiling import PhaseRecorder
+
+    recorder = PhaseRecorder("cpu")
+    with recorder.phase("eval"):
+        time.sleep(0.02)
+        recorder.count(2e9)
+        with recorder.phase("inner"):
+            recorder.count(1e9)
+        recorder.count(None)  # work of unknown size
+    recorder.count(5e9)  # outside any phase: nowhere to put it
+    assert recorder.flops == {"eval": 2e9, "inner": 1e9}
+    assert recorder.flops_per_s()["eval"] == pytest.approx(2e9 / recorder.timings["eval"])

@@ -36,6 +36,32 @@ def test_metrics_json_has_every_documented_key(finished):
     assert [k["layer"] for k in saved["kept"]] == [0, 1]
 
 
+def test_scoring_and_evaluation_report_their_model_flops(finished):
+    """FLOPs per phase from the model shape (dense for scoring, pruned after pruning), and FLOP/s = FLOPs / time."""
+    from transformers import AutoConfig
+
+    from prune.preflight import build_parts
+    from prune.structure import shape_from_config
+
+    _, metrics = finished
+    dense = shape_from_config(build_parts(compose_config(*FAST))[0].config())
+    pruned = shape_from_config(AutoConfig.from_pretrained(metrics["pruned_model_dir"], trust_remote_code=True))
+    n, length = metrics["data"]["calibration_windows"]["taylor"]
+    assert (n, length) == (8, 64)
+    assert metrics["flops"]["importance"] == 3 * dense.forward_flops(64, 8)  # Taylor: forward + backward
+    windows = {int(L): tokens // (int(L) - 1) for L, tokens in metrics["eval_tokens"].items()}
+    assert metrics["flops"]["eval_after"] == sum(pruned.forward_flops(L, w) for L, w in windows.items())
+    assert pruned.forward_flops(64) < dense.forward_flops(64)
+    if not metrics.get("eval_before_cached"):
+        assert metrics["flops"]["eval_before"] == sum(dense.forward_flops(L, w) for L, w in windows.items())
+    for phase, flops in metrics["flops"].items():
+        assert metrics["flops_per_s"][phase] == pytest.approx(flops / metrics["timings"][phase])
+    assert "pruning" not in metrics["flops"]  # no model pass there
+    from prune.job import summary_table
+
+    assert f"importance {metrics['flops_per_s']['importance'] / 1e9:.2f}" in summary_table(metrics)
+
+
 def test_the_printed_summary_carries_the_numbers(finished):
     from prune.job import summary_table
 

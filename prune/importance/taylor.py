@@ -12,6 +12,7 @@ Hessian diagonal, estimated by the empirical Fisher ``F`` over per-sequence grad
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
@@ -42,6 +43,7 @@ def first_order_scores(model: nn.Module, grads: GradientPass, granularity: str =
 @register("taylor_2nd", order=2)
 @dataclass
 class Taylor(ImportanceMethod):
+    passes: ClassVar[float | None] = 3.0  # forward + backward (recomputation under checkpointing not counted)
     order: int = 2
     granularity: str = "element"
     fisher: str = "token"

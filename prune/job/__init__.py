@@ -3,7 +3,7 @@
 * ``pipeline``: orders the phases and always writes ``metrics.json``;
 * ``checks``: the cheap checks of the settings against the model;
 * ``inputs``: text, calibration windows and downstream tasks, refused before the model loads;
-* ``record``: the metrics assembled from the phases, plan and scores on disk;
+* ``record``: the metrics assembled from the phases, plan and scores on disk, FLOPs of a phase;
 * ``tracked``: the job's W&B summary, per-layer rows and plots;
 * ``naming``: run name, settings record and the config digest that resume compares;
 * ``summary``: what a finished job prints.

@@ -25,7 +25,7 @@ from prune.importance import Calibration, ImportanceResult
 from prune.job.checks import check_compatibility, layer_method_for, validate
 from prune.job.inputs import EvalData, announce_memory, downstream_tasks, load_data
 from prune.job.naming import config_digest, run_info, run_name
-from prune.job.record import importance_accuracy, record, write_json
+from prune.job.record import calibration_flops, eval_flops, importance_accuracy, record, write_json
 from prune.models import max_positions, resolve_device
 from prune.preflight import build_parts, check_writable, preflight
 from prune.profiling import PhaseRecorder
@@ -69,11 +69,14 @@ def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> d
         metrics["timings"] = {**(recorder.timings if recorder else {}), "total": time.time() - started}
         metrics["peak_memory_mb"] = dict(recorder.peak_memory_mb) if recorder else {}
         metrics["memory_kind"] = recorder.memory_kind if recorder else None
+        metrics["flops"] = dict(recorder.flops) if recorder else {}
+        metrics["flops_per_s"] = recorder.flops_per_s() if recorder else {}
         write_json(out / "metrics.json", metrics)
         if tracker is not None:
             try:
                 tracker.summary({"status": metrics["status"], **{f"time/{k}": v for k, v in metrics["timings"].items()},
-                                 **{f"peak_memory_mb/{k}": v for k, v in metrics["peak_memory_mb"].items()}})
+                                 **{f"peak_memory_mb/{k}": v for k, v in metrics["peak_memory_mb"].items()},
+                                 **{f"flops_per_s/{k}": v for k, v in metrics["flops_per_s"].items()}})
             finally:
                 tracker.finish(ok)
     return metrics
@@ -148,7 +151,9 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
     stream_id = tensor_digest(data.test_stream) if model_id else None
 
     def evaluate(tag: str) -> dict:
-        return evaluate_lengths(model, data.test_stream, data.lengths, cfg.eval.batch_size, data.max_tokens, progress, tag)
+        results = evaluate_lengths(model, data.test_stream, data.lengths, cfg.eval.batch_size, data.max_tokens, progress, tag)
+        recorder.count(eval_flops(model_shape(model), results))
+        return results
 
     def downstream(tag: str) -> dict:
         from prune.downstream import evaluate_tasks
@@ -178,9 +183,11 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
     calibration = Calibration(data.windows, cfg.batch_size, seed=cfg.seed, progress=progress)
     with recorder.phase("importance"):
         result: ImportanceResult = importance.score(model, calibration)
+        recorder.count(calibration_flops(importance, shape, data.windows))
     if layer_method is not None:
         with recorder.phase("layer_importance"):
             result.layer_scores = layer_method.score(model, calibration).layer_scores
+            recorder.count(calibration_flops(layer_method, shape, data.windows))
     if result.layer_scores:
         criterion = importance if importance.provides == "layers" else layer_method
         metrics["layer_scores"] = {"criterion": criterion.name, "length": lengths[criterion.uses][0], **result.layer_scores}

@@ -20,6 +20,19 @@ def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2, default=float))
 
 
+def calibration_flops(method, shape, windows: dict[str, torch.Tensor]) -> float | None:
+    """Model FLOPs of an importance method's passes over its calibration windows (None: not a fixed count)."""
+    if not getattr(method, "passes", None) or method.uses not in windows:
+        return None
+    n, length = windows[method.uses].shape
+    return method.passes * shape.forward_flops(length, n)
+
+
+def eval_flops(shape, results: dict) -> float:
+    """Model FLOPs of the forward passes behind ``evaluate_lengths``' results (``windows`` per length)."""
+    return sum(shape.forward_flops(int(length), r["windows"]) for length, r in results.items())
+
+
 def per_layer_rows(grad_stats: dict | None, kept: list[dict], layer_scores: dict | None = None) -> list[dict]:
     """One row per layer: |grad| statistics (whole pass and spread over batches), kept fractions, layer scores."""
     rows = []

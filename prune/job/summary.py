@@ -1,5 +1,5 @@
 """What a finished job prints: PPL before and after per eval length, task accuracy, parameters removed,
-time and peak memory per phase (rendered by ``prune.summary``)."""
+time, peak memory and achieved FLOP/s per phase (rendered by ``prune.summary``)."""
 from __future__ import annotations
 
 from prune.summary import print_summary, summary_text
@@ -32,6 +32,8 @@ def summary_parts(metrics: dict) -> tuple[list, list[str]]:
     lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in (metrics.get("timings") or {}).items()))
     if metrics.get("peak_memory_mb"):
         lines.append("peak memory (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in metrics["peak_memory_mb"].items()))
+    if metrics.get("flops_per_s"):
+        lines.append("achieved GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in metrics["flops_per_s"].items()))
     if metrics.get("pruned_model_dir"):
         lines.append(f"pruned model: {metrics['pruned_model_dir']}")
     if metrics.get("output_dir"):
