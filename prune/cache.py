@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from prune.files import atomic_write
+
 
 def fingerprint(model: nn.Module) -> str:
     """Config, attention kernel, and per parameter: name, shape, dtype, device type, sum and sum of squares."""
@@ -52,8 +54,6 @@ def cached(cache_dir: str | os.PathLike, kind: str, key: dict, compute: Callable
         if path.exists():
             return torch.load(path, weights_only=False), True
         value = compute()
-        tmp = path.with_suffix(".tmp")
-        torch.save(value, tmp)
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: torch.save(value, tmp))
         (folder / f"{digest}.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
         return value, False

@@ -1,7 +1,7 @@
 """``prune-dashboard <sweep folder>``: a sweep's W&B workspace as code (the ``wandb-workspaces`` library).
 
 The panels are built from what the sweep's jobs wrote (``metrics.json``: eval lengths, tasks, recovery,
-importance accuracy), with the metric keys the jobs log to W&B (``prune.job._log``, ``prune.recovery``,
+importance accuracy), with the metric keys the jobs log to W&B (``prune.job.tracked``, ``prune.recovery``,
 ``prune.tracking``): per-layer |grad| mean and std and kept fractions against ``layer``; PPL after
 pruning (one-shot and recovered) and task / probe accuracy; importance accuracy; the recovery loss; the
 report run's images and summary table; and a runs table (pinned columns) with time and peak memory. The
@@ -35,13 +35,14 @@ def _require():
 
 def sweep_facts(sweep_dir: Path) -> dict:
     """What the panels need to know about a sweep folder: its group, swept keys, lengths, tasks, extras."""
-    from prune.report import Report
+    from prune.sweep.conditions import Sweep
+    from prune.sweep.jobs import logger_config
 
-    report = Report(sweep_dir)
+    report = Sweep(sweep_dir)
     ok = [j["metrics"] for j in report.ok]
     if not ok:
         raise SystemExit(f"prune-dashboard: no finished job (status ok) under {sweep_dir}")
-    logger = report._logger_config() or {}
+    logger = logger_config(sweep_dir, report.jobs) or {}
     keys = [report.x_key] + [k for k in report.series_keys if k != report.x_key]
     lengths = sorted({L for m in ok for L in m.get("ppl_after", {})}, key=int)
     tasks = sorted({t for m in ok for t in (m.get("acc_after") or {})})
@@ -149,7 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", help="workspace name")
     args = parser.parse_args(argv)
     sweep = Path(args.sweep_dir)
-    if not any(sweep.glob("*/metrics.json")):
+    from prune.sweep.jobs import has_jobs
+
+    if not has_jobs(sweep):
         raise SystemExit(f"prune-dashboard: no */metrics.json under {sweep}: is it a sweep folder?")
     facts = sweep_facts(sweep)
     if args.group:

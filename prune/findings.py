@@ -32,7 +32,9 @@ def archive(sweep_dir: Path, dest: Path) -> int:
     if (sweep_dir / "multirun.yaml").exists():
         shutil.copy2(sweep_dir / "multirun.yaml", dest / "multirun.yaml")
     n = 0
-    for metrics in sweep_dir.glob("*/metrics.json"):
+    from prune.sweep.jobs import metrics_files
+
+    for metrics in metrics_files(sweep_dir):
         job = metrics.parent
         for name in JOB_FILES:
             if (job / name).exists():

@@ -4,40 +4,16 @@ For every attention group and a seeded sample of MLP channels, the mean next-tok
 text (evaluation split) with that group alone removed, minus the intact model's loss. An importance
 method's accuracy is the rank agreement between its scores and this truth, per block type, measured at
 several held-out window lengths (a 128-token calibration is not only graded against long contexts).
-This is what makes the seed note's "more accurate gradient estimates" testable.
+This is what makes the seed note's "more accurate gradient estimates" testable. The truth itself is
+measured by ``prune.importance.removal.removal_ground_truth``; this module grades scores against it.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
 
-from prune.importance.removal import Unit, removal_losses
-from prune.structure import ATTENTION, MLP, GroupScores, model_shape
-
-
-def sampled_mlp_channels(shape, n: int, seed: int) -> list[tuple[int, int]]:
-    everything = [(layer, c) for layer, s in enumerate(shape.layers) for c in range(s.intermediate_size)]
-    if n is None or n >= len(everything):
-        return everything
-    generator = torch.Generator().manual_seed(int(seed))
-    idx = torch.randperm(len(everything), generator=generator)[:n].sort().values.tolist()
-    return [everything[i] for i in idx]
-
-
-def removal_ground_truth(model: nn.Module, windows: torch.Tensor, mlp_sample: int | None, seed: int, batch_size: int = 4,
-                         progress: bool = False, prefix_cache: bool = True) -> GroupScores:
-    """Loss increase per group; unsampled MLP channels are NaN."""
-    shape = model_shape(model)
-    units = [Unit("attention_group", l, g) for l, s in enumerate(shape.layers) for g in range(s.num_kv_heads)]
-    units += [Unit("mlp_channel", l, c) for l, c in sampled_mlp_channels(shape, mlp_sample, seed)]
-    base, losses = removal_losses(model, windows, units, batch_size=batch_size, prefix_cache=prefix_cache, progress=progress)
-    truth = GroupScores.zeros(shape).map(lambda t: t.fill_(float("nan")))
-    for unit, loss in losses.items():
-        truth.block(ATTENTION if unit.kind == "attention_group" else MLP)[unit.layer][unit.index] = loss - base
-    truth.meta = {"base_loss": base, "windows": list(windows.shape), "mlp_sample": mlp_sample, "seed": seed}
-    return truth
+from prune.structure import ATTENTION, MLP, GroupScores
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:

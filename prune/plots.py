@@ -62,3 +62,13 @@ def plot_layer_scores(layer_scores: dict, path: Path, title: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def job_plots(out: Path, rows, kept, grad_stats, title: str, layer_scores: dict | None = None) -> dict[str, str]:
+    """The figures of one job, by their W&B image key."""
+    images = {"plots/kept_fraction": plot_kept(kept, out / "kept_fraction.png", f"kept per layer - {title}")}
+    if grad_stats:
+        images["plots/grad_stats"] = plot_grad_stats(rows, out / "grad_stats.png", f"|grad| per layer - {title}")
+    if layer_scores:
+        images["plots/layer_scores"] = plot_layer_scores(layer_scores, out / "layer_scores.png", title)
+    return images

@@ -1,4 +1,4 @@
-"""Wall time and peak memory per phase of a job (GPU: allocator peak; CPU: sampled process RSS)."""
+"""Wall time, peak memory and achieved FLOP/s per phase of a job (GPU: allocator peak; CPU: sampled process RSS)."""
 from __future__ import annotations
 
 import contextlib
@@ -36,13 +36,16 @@ class _RssSampler(threading.Thread):
 
 
 class PhaseRecorder:
-    """``with recorder.phase("importance"): ...`` records seconds and peak MiB of that phase."""
+    """``with recorder.phase("importance"): ...`` records seconds and peak MiB of that phase; ``count`` adds the
+    model FLOPs of work done inside the innermost open phase, so ``flops_per_s`` is what that phase achieved."""
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.timings: dict[str, float] = {}
         self.peak_memory_mb: dict[str, float] = {}
         self.memory_kind = "cuda_allocated" if self.device.type == "cuda" else "cpu_rss"
+        self.flops: dict[str, float] = {}
+        self._open: list[str] = []
         self._start = time.perf_counter()
 
     @contextlib.contextmanager
@@ -56,9 +59,11 @@ class PhaseRecorder:
             sampler = _RssSampler()
             sampler.start()
         start = time.perf_counter()
+        self._open.append(name)
         try:
             yield
         finally:
+            self._open.pop()
             if cuda:
                 torch.cuda.synchronize(self.device)
                 peak = torch.cuda.max_memory_allocated(self.device)
@@ -66,6 +71,14 @@ class PhaseRecorder:
                 peak = sampler.stop()
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
             self.peak_memory_mb[name] = max(self.peak_memory_mb.get(name, 0.0), peak / 2**20)
+
+    def count(self, flops: float | None) -> None:
+        """Add ``flops`` (None: work of unknown size, not counted) to the innermost open phase."""
+        if flops and self._open:
+            self.flops[self._open[-1]] = self.flops.get(self._open[-1], 0.0) + float(flops)
+
+    def flops_per_s(self) -> dict[str, float]:
+        return {name: flops / self.timings[name] for name, flops in self.flops.items() if self.timings.get(name)}
 
     def total_seconds(self) -> float:
         return time.perf_counter() - self._start

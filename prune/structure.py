@@ -98,6 +98,7 @@ class ModelShape:
     attention_bias: bool
     mlp_bias: bool
     layers: tuple[LayerShape, ...]
+    vocab_size: int = 0
 
     @property
     def attention_group_params(self) -> int:
@@ -123,6 +124,21 @@ class ModelShape:
     def group_counts(self, block: str) -> list[int]:
         return [s.num_kv_heads if block == ATTENTION else s.intermediate_size for s in self.layers]
 
+    @property
+    def matmul_params(self) -> int:
+        """Weights that multiply activations: q/k/v/o and gate/up/down of every layer, and the LM head (not
+        the input embedding, a lookup; not norms or biases, elementwise)."""
+        h, d = self.hidden_size, self.head_dim
+        layers = sum(h * d * (2 * s.num_heads + 2 * s.num_kv_heads) + 3 * h * s.intermediate_size for s in self.layers)
+        return layers + self.vocab_size * h
+
+    def forward_flops(self, seq_len: int, sequences: int = 1) -> float:
+        """FLOPs of a forward pass over ``sequences`` windows of ``seq_len`` tokens: 2 per multiply-add of
+        every weight matmul, plus attention's scores and weighted sum (2 x 2 x ``seq_len`` x head_dim per
+        query head and token: the whole window, as dense attention kernels compute it)."""
+        attention = sum(4 * seq_len * s.num_heads * self.head_dim for s in self.layers)
+        return float((2 * self.matmul_params + attention) * seq_len * sequences)
+
 
 def model_shape(model: nn.Module) -> ModelShape:
     config = model.config
@@ -143,7 +159,7 @@ def model_shape(model: nn.Module) -> ModelShape:
             n_mlp = mlp.gate_proj.out_features
             mlp_bias = mlp_bias or mlp.gate_proj.bias is not None
         shapes.append(LayerShape(n_heads, n_kv, n_mlp))
-    return ModelShape(config.hidden_size, head_dim, heads_per_group, attn_bias, mlp_bias, tuple(shapes))
+    return ModelShape(config.hidden_size, head_dim, heads_per_group, attn_bias, mlp_bias, tuple(shapes), config.vocab_size)
 
 
 def shape_from_config(config) -> ModelShape:
@@ -157,7 +173,7 @@ def shape_from_config(config) -> ModelShape:
     attention_bias = bool(getattr(config, "attention_bias", False)) or base == "qwen2"
     return ModelShape(
         config.hidden_size, head_dim, config.num_attention_heads // kv, attention_bias,
-        bool(getattr(config, "mlp_bias", False)), tuple(LayerShape(*map(int, s)) for s in per_layer),
+        bool(getattr(config, "mlp_bias", False)), tuple(LayerShape(*map(int, s)) for s in per_layer), config.vocab_size,
     )
 
 

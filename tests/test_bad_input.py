@@ -176,12 +176,12 @@ def test_unknown_wandb_mode_in_the_environment_is_refused(monkeypatch, no_model,
 
 # ----------------------------------------------------------------------------- the other ways out
 def test_a_bug_exits_1_with_the_traceback_in_run_log_and_metrics(monkeypatch, tmp_path):
-    import prune.job
+    import prune.job.pipeline
 
     def broken(cfg, metrics, recorder):
         raise RuntimeError("a genuine bug")
 
-    monkeypatch.setattr(prune.job, "_prepare", broken)
+    monkeypatch.setattr(prune.job.pipeline, "_prepare", broken)
     code, err = run_main(BASE, tmp_path / "run")
     assert code == 1
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -190,24 +190,24 @@ def test_a_bug_exits_1_with_the_traceback_in_run_log_and_metrics(monkeypatch, tm
 
 
 def test_a_bare_value_error_is_a_bug_not_a_refusal(monkeypatch, tmp_path):
-    import prune.job
+    import prune.job.pipeline
 
     def broken(cfg, metrics, recorder):
         raise ValueError("an internal inconsistency")
 
-    monkeypatch.setattr(prune.job, "_prepare", broken)
+    monkeypatch.setattr(prune.job.pipeline, "_prepare", broken)
     code, _ = run_main(BASE, tmp_path / "run")
     assert code == 1
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
 
 
 def test_ctrl_c_exits_130_and_records_interrupted_without_a_traceback(monkeypatch, tmp_path):
-    import prune.job
+    import prune.job.pipeline
 
     def interrupted(cfg, metrics, recorder):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prune.job, "_prepare", interrupted)
+    monkeypatch.setattr(prune.job.pipeline, "_prepare", interrupted)
     code, err = run_main(BASE, tmp_path / "run")
     assert code == 130
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
@@ -226,7 +226,7 @@ def test_a_sweep_with_refused_jobs_exits_non_zero_after_its_report(no_model, tmp
 
 
 def test_varying_names_what_varied_when_only_one_job_is_ok(tmp_path):
-    from prune.report import Report
+    from prune.sweep.report import Report
 
     for i, (ratio, status) in enumerate([(0.3, "ok"), (1.5, "refused")]):
         (tmp_path / str(i) / ".hydra").mkdir(parents=True)

@@ -152,7 +152,7 @@ def test_sweep_read_back(tmp_path):
 
 
 def test_static_cache_decode_makes_the_tokens_of_generate(small_model):
-    from prune.bench_speed import StaticDecoder, hf_generate, magnitude_scores, prune_copy
+    from prune.bench.speed import StaticDecoder, hf_generate, magnitude_scores, prune_copy
 
     pruned, _ = prune_copy(small_model, magnitude_scores(small_model), 0.3, 8)
     prompt = bench.random_windows(2, 8, bench.QUICK_SHAPE.vocab, seed=5)

@@ -16,7 +16,8 @@ if not torch.cuda.is_available():  # Triton reads it when it is imported: set be
 
 from conftest import tiny_model  # noqa: E402
 from prune.importance import fused, mean_grad  # noqa: E402
-from prune.importance.gradients import LayerGradMoments, gradient_pass, summarize_moments  # noqa: E402
+from prune.importance.grad_stats import LayerGradMoments, summarize_moments  # noqa: E402
+from prune.importance.gradients import gradient_pass  # noqa: E402
 from prune.importance.taylor import first_order_scores  # noqa: E402
 from prune.losses import sequence_nll  # noqa: E402
 from prune.structure import model_shape, projections  # noqa: E402

@@ -278,7 +278,7 @@ def test_sample_fisher_correction_is_exact_when_the_mean_dominates():
 
 
 def test_sequence_fisher_formula_and_clip():
-    from prune.importance.gradients import sequence_fisher
+    from prune.importance.fisher import sequence_fisher
     from prune.structure import GroupScores
 
     def scores(v):

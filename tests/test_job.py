@@ -36,6 +36,44 @@ def test_metrics_json_has_every_documented_key(finished):
     assert [k["layer"] for k in saved["kept"]] == [0, 1]
 
 
+def test_scoring_and_evaluation_report_their_model_flops(finished):
+    """FLOPs per phase from the model shape (dense for scoring, pruned after pruning), and FLOP/s = FLOPs / time."""
+    from transformers import AutoConfig
+
+    from prune.preflight import build_parts
+    from prune.structure import shape_from_config
+
+    _, metrics = finished
+    dense = shape_from_config(build_parts(compose_config(*FAST))[0].config())
+    pruned = shape_from_config(AutoConfig.from_pretrained(metrics["pruned_model_dir"], trust_remote_code=True))
+    n, length = metrics["data"]["calibration_windows"]["taylor"]
+    assert (n, length) == (8, 64)
+    assert metrics["flops"]["importance"] == 3 * dense.forward_flops(64, 8)  # Taylor: forward + backward
+    windows = {int(L): tokens // (int(L) - 1) for L, tokens in metrics["eval_tokens"].items()}
+    assert metrics["flops"]["eval_after"] == sum(pruned.forward_flops(L, w) for L, w in windows.items())
+    assert pruned.forward_flops(64) < dense.forward_flops(64)
+    if not metrics.get("eval_before_cached"):
+        assert metrics["flops"]["eval_before"] == sum(dense.forward_flops(L, w) for L, w in windows.items())
+    for phase, flops in metrics["flops"].items():
+        assert metrics["flops_per_s"][phase] == pytest.approx(flops / metrics["timings"][phase])
+    assert "pruning" not in metrics["flops"]  # no model pass there
+    from prune.job import summary_table
+
+    assert f"importance {metrics['flops_per_s']['importance'] / 1e9:.2f}" in summary_table(metrics)
+
+
+def test_the_printed_summary_carries_the_numbers(finished):
+    from prune.job import summary_table
+
+    _, metrics = finished
+    text = summary_table(metrics)
+    for length, before in metrics["ppl_before"].items():
+        after = metrics["ppl_after"][length]
+        assert f"{before:.3f}" in text and f"{after:.3f}" in text and f"{100 * (after / before - 1):+.1f}%" in text
+    assert f"params {metrics['params_before']:,} -> {metrics['params_after']:,}" in text
+    assert f"pruned model: {metrics['pruned_model_dir']}" in text
+
+
 def test_saved_model_reproduces_the_reported_perplexity(finished):
     from prune.checkpoint import load_pruned
     from prune.data import tokenize_documents
@@ -152,7 +190,7 @@ def test_depth_and_width_strategies_on_the_testbed(tiny_testbed, tmp_path, overr
 
 def test_a_rerun_marks_the_folder_unfinished_before_any_work(tmp_path, monkeypatch):
     """A job killed half-way must not leave an earlier run's `status: ok` behind (resume would skip it)."""
-    import prune.job
+    import prune.job.pipeline
 
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "ok", "config_digest": "from-an-earlier-run"}))
     seen = []
@@ -161,7 +199,7 @@ def test_a_rerun_marks_the_folder_unfinished_before_any_work(tmp_path, monkeypat
         seen.append(json.loads((tmp_path / "metrics.json").read_text())["status"])
         raise KeyboardInterrupt  # as if killed
 
-    monkeypatch.setattr(prune.job, "_prepare", prepare)
+    monkeypatch.setattr(prune.job.pipeline, "_prepare", prepare)
     with pytest.raises(KeyboardInterrupt):
         run_job(compose_config(*FAST, "logger=none"), tmp_path)
     assert seen == ["running"]

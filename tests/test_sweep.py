@@ -93,17 +93,17 @@ def test_a_failing_job_is_recorded_and_the_report_still_comes_out(tiny_testbed, 
 def test_prune_report_rebuilds_a_report_on_demand(sweep, tmp_path):
     folder, _ = sweep
     (folder / "report.md").unlink()
-    out = subprocess.run([sys.executable, "-m", "prune.report", str(folder), "--no-wandb"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "prune.sweep", str(folder), "--no-wandb"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (folder / "report.md").exists()
-    bad = subprocess.run([sys.executable, "-m", "prune.report", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([sys.executable, "-m", "prune.sweep", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "no */metrics.json" in bad.stderr
 
 
 def test_an_archived_sweep_rebuilds_the_same_verdicts_from_its_compact_files(sweep, tmp_path):
     folder, _ = sweep
     dest = tmp_path / "results" / "study"
-    out = subprocess.run([sys.executable, "-m", "prune.report", str(folder), "--archive", str(dest)],
+    out = subprocess.run([sys.executable, "-m", "prune.sweep", str(folder), "--archive", str(dest)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert not list(dest.rglob("*.safetensors")) and not list(dest.rglob("wandb"))
@@ -186,13 +186,13 @@ def test_depth_experiment_report_has_layer_curves_and_task_accuracy(tiny_testbed
 
 
 def _job(run: dict, overrides: list[str]) -> dict:
-    from prune.report import override_values
+    from prune.sweep.jobs import override_values
 
     return {"metrics": {"run": run, "status": "ok"}, "overrides": overrides, "override_values": override_values(overrides)}
 
 
 def test_any_swept_key_separates_conditions_but_seeds_and_renames_do_not():
-    from prune.report import condition_of, varying_keys
+    from prune.sweep.conditions import condition_of, varying_keys
 
     jobs = [
         _job({"seq_len": L, "token_budget": 16384 if b == "tokens" else None, "seed": s},
@@ -223,7 +223,7 @@ def test_a_smaller_relaunch_into_the_same_folder_reports_only_its_own_jobs(sweep
 
 
 def test_seeds_are_paired_only_where_one_seed_means_the_same_text():
-    from prune.report import pairs_by_seed
+    from prune.sweep.conditions import pairs_by_seed
 
     def jobs(block=2048, budget=16384):
         return [{"metrics": {"run": {"seq_len": L, "seed": s, "calibration_block": block, "token_budget": budget}}}
@@ -242,7 +242,7 @@ def test_the_report_of_a_copied_sweep_does_not_depend_on_file_times(sweep, tmp_p
     import os
     import shutil
 
-    from prune.report import load_jobs
+    from prune.sweep.jobs import load_jobs
 
     folder = tmp_path / "copy"
     shutil.copytree(sweep[0], folder)

@@ -50,6 +50,8 @@ def _input_sq_norms(model: nn.Module):
 class Wanda(ImportanceMethod):
     """Structured Wanda: weight magnitude times input-feature norm, summed over each group."""
 
+    passes: ClassVar[float | None] = 1.0
+
     @torch.no_grad()
     def score(self, model: nn.Module, calibration: Calibration) -> ImportanceResult:
         device = next(model.parameters()).device
@@ -128,6 +130,7 @@ class _ResidualProbe:
 class _ResidualCriterion(ImportanceMethod):
     uses: ClassVar[str | None] = "layer"
     provides: ClassVar[str] = "layers"
+    passes: ClassVar[float | None] = 1.0
     kind: ClassVar[str] = "cos"
 
     @torch.no_grad()

@@ -64,6 +64,9 @@ class ImportanceMethod:
     name: str = ""
     uses: ClassVar[str | None] = "taylor"  # which calibration role it reads (None: no data)
     provides: ClassVar[str] = "groups"  # "groups" (width pruning) or "layers" (layer / block scores)
+    # model passes over the calibration windows, in forward-pass FLOPs (a backward counts two); None: no
+    # fixed number (no data, or as many passes as units removed)
+    passes: ClassVar[float | None] = None
 
     def score(self, model: nn.Module, calibration: Calibration) -> ImportanceResult:
         raise NotImplementedError

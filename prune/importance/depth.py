@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from prune.importance.base import Calibration, ImportanceMethod, ImportanceResult, register
-from prune.importance.removal import Unit, removal_losses
+from prune.importance.removal import Unit, removal_ground_truth, removal_losses
 from prune.structure import ATTENTION, MLP, GroupScores, model_shape
 
 
@@ -60,8 +60,6 @@ class GroupRemoval(ImportanceMethod):
     prefix_cache: bool = True
 
     def score(self, model: nn.Module, calibration: Calibration) -> ImportanceResult:
-        from prune.ground_truth import removal_ground_truth
-
         truth = removal_ground_truth(model, calibration.get(self.uses), self.mlp_sample, calibration.seed,
                                      calibration.batch_size, calibration.progress, self.prefix_cache)
 

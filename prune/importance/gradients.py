@@ -17,21 +17,7 @@ All squares and sums are taken in fp32/fp64 whatever the model dtype (fp16 squar
 underflow to zero). A batch that runs out of memory restarts the pass with micro-batches half as big;
 micro-batches accumulate into the same ``g_b``, so the scores do not change.
 
-Fisher modes (the diagonal-Hessian estimate ``F`` of the second-order Taylor term):
-
-* ``sample`` (default): ``F ~ E_s[g_s^2]`` over per-sequence gradients, estimated without bias from
-  batch gradients. With S sequences in batches of B, ``A = B * mean_b(g_b^2)`` and
-  ``F = ((S - 1) A - S (B - 1) G^2) / (S - B)`` (needs at least two batches; exact when B = 1).
-* ``exact``: ``E_s[g_s^2]`` from real per-sequence gradients (one backward per sequence; slower on GPU).
-* ``batch``: the seed toolkit's literal ``E_b[g_b^2]`` over batch gradients, about B times smaller than
-  the per-sequence Fisher and so batch-size dependent; kept to reproduce that toolkit.
-* ``token``: the per-*token* empirical Fisher ``E_t[g_t^2]``, the scale that matches the Hessian of a
-  token-mean loss. A sequence gradient is the mean of its T token gradients; if these are independent
-  draws around the mean gradient ``G``, ``E_s[g_s^2] = G^2 + var_t / T`` and ``E_t[g_t^2] = G^2 + var_t``,
-  so ``F_token = T * F_sample - (T - 1) * G^2`` (clipped at 0), with ``T`` the scored tokens per sequence.
-  The assumption is independence of the token gradients *within* a sequence; positively correlated
-  tokens make it an overestimate. The per-sequence Fisher is thus about T times smaller than the per-token one, and its
-  second-order term shrinks as ``seq_len`` grows.
+Fisher modes (``importance.fisher``): see ``prune.importance.fisher``.
 """
 from __future__ import annotations
 
@@ -43,65 +29,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from prune.importance.fisher import FISHER_MODES, sequence_fisher, token_fisher
 from prune.importance.fused import resolve_backend
+from prune.importance.grad_stats import LayerGradMoments, summarize_moments
 from prune.importance.mean_grad import MeanGradStore, make_store
 from prune.losses import sequence_nll
-from prune.structure import ATTENTION, MLP, GroupScores, Projection, add_channel_values, model_shape, projections
+from prune.structure import GroupScores, Projection, add_channel_values, model_shape, projections
 
 log = logging.getLogger(__name__)
-FISHER_MODES = ("sample", "exact", "batch", "token")
-
-
-@dataclass
-class LayerGradMoments:
-    """Sums that give mean and std of |g| over a set of weights.
-
-    The sums stay on the gradient's device (as fp64 0-d tensors) until ``summary``, so the hooks never
-    force a GPU synchronisation.
-    """
-
-    abs_sum: torch.Tensor | float = 0.0
-    sq_sum: torch.Tensor | float = 0.0
-    count: int = 0
-
-    def add(self, grad: torch.Tensor) -> None:
-        g = grad.detach()
-        # norms reduce in fp32 without materialising an fp32 copy of the gradient
-        l1 = torch.linalg.vector_norm(g, ord=1, dtype=torch.float32).double()
-        l2 = torch.linalg.vector_norm(g, ord=2, dtype=torch.float32).double()
-        self.abs_sum = self.abs_sum + l1
-        self.sq_sum = self.sq_sum + l2 * l2
-        self.count += g.numel()
-
-    def add_sums(self, abs_sum: torch.Tensor, sq_sum: torch.Tensor, count: int) -> None:
-        """Add sums already reduced elsewhere (the fused per-gradient pass)."""
-        self.abs_sum = self.abs_sum + abs_sum
-        self.sq_sum = self.sq_sum + sq_sum
-        self.count += count
-
-    def merged(self, other: "LayerGradMoments") -> "LayerGradMoments":
-        return LayerGradMoments(
-            _to_cpu(self.abs_sum) + _to_cpu(other.abs_sum), _to_cpu(self.sq_sum) + _to_cpu(other.sq_sum), self.count + other.count
-        )
-
-    def summary(self) -> dict:
-        if not self.count:
-            return {"abs_mean": 0.0, "abs_std": 0.0}
-        mean = float(self.abs_sum) / self.count
-        var = max(float(self.sq_sum) / self.count - mean * mean, 0.0)
-        return {"abs_mean": mean, "abs_std": var**0.5}
-
-
-def _to_cpu(value) -> float:
-    return float(value)
-
-
-def summarize_moments(moments: dict[tuple[int, str], LayerGradMoments], n_layers: int) -> list[dict]:
-    rows = []
-    for i in range(n_layers):
-        a, m = moments.get((i, ATTENTION), LayerGradMoments()), moments.get((i, MLP), LayerGradMoments())
-        rows.append({"layer": i, ATTENTION: a.summary(), MLP: m.summary(), "all": a.merged(m).summary()})
-    return rows
 
 
 @dataclass
@@ -226,32 +161,6 @@ class _Accumulator:
             "pass": summarize_moments(totals, n_layers),
             "batches": [summarize_moments(m, n_layers) for m in self.batch_moments],
         }
-
-
-def sequence_fisher(mean_batch_sq: GroupScores, g_sq: GroupScores, S: int, B: int) -> GroupScores:
-    """Unbiased ``E_s[w^2 g_s^2]`` per group from batch gradients, *not* clipped.
-
-    ``mean_batch_sq`` holds ``mean_b(w^2 g_b^2)`` and ``g_sq`` holds ``w^2 G^2`` (summed over each group) for
-    S sequences in batches of B: ``((S - 1) B A - S (B - 1) G^2) / (S - B)`` with ``A = mean_b(...)``. Exact
-    when B = 1 (then it is ``A``). A noisy estimate can come out negative; callers clip at 0.
-    """
-    if B == 1:
-        return mean_batch_sq
-    return GroupScores(
-        [((S - 1) * B * a - S * (B - 1) * g) / (S - B) for a, g in zip(mean_batch_sq.attention, g_sq.attention)],
-        [((S - 1) * B * a - S * (B - 1) * g) / (S - B) for a, g in zip(mean_batch_sq.mlp, g_sq.mlp)],
-    )
-
-
-def token_fisher(sample: GroupScores, g_sq: GroupScores, T: int) -> GroupScores:
-    """Per-token ``E_t[w^2 g_t^2]`` from the per-sequence estimate: ``T * F_sample - (T - 1) * G^2``, clipped at 0.
-
-    Assumes the T token gradients of a sequence are independent around ``G`` (see the module docstring).
-    """
-    return GroupScores(
-        [(T * s - (T - 1) * g).clamp_min(0) for s, g in zip(sample.attention, g_sq.attention)],
-        [(T * s - (T - 1) * g).clamp_min(0) for s, g in zip(sample.mlp, g_sq.mlp)],
-    )
 
 
 def is_checkpointing(model: nn.Module) -> bool:

@@ -22,7 +22,7 @@ from torch import nn
 
 from prune.errors import ConfigError
 from prune.losses import next_token_nll, sequence_nll
-from prune.structure import decoder_layers, model_shape
+from prune.structure import ATTENTION, MLP, GroupScores, decoder_layers, model_shape
 
 KINDS = ("attention_group", "mlp_channel", "layer", "attention", "mlp")
 
@@ -175,3 +175,26 @@ def removal_losses(
         model.train(was_training)
     n = len(windows)
     return base_sum / n, {u: s / n for u, s in sums.items()}
+
+
+def sampled_mlp_channels(shape, n: int, seed: int) -> list[tuple[int, int]]:
+    everything = [(layer, c) for layer, s in enumerate(shape.layers) for c in range(s.intermediate_size)]
+    if n is None or n >= len(everything):
+        return everything
+    generator = torch.Generator().manual_seed(int(seed))
+    idx = torch.randperm(len(everything), generator=generator)[:n].sort().values.tolist()
+    return [everything[i] for i in idx]
+
+
+def removal_ground_truth(model: nn.Module, windows: torch.Tensor, mlp_sample: int | None, seed: int, batch_size: int = 4,
+                         progress: bool = False, prefix_cache: bool = True) -> GroupScores:
+    """Loss increase per group; unsampled MLP channels are NaN."""
+    shape = model_shape(model)
+    units = [Unit("attention_group", l, g) for l, s in enumerate(shape.layers) for g in range(s.num_kv_heads)]
+    units += [Unit("mlp_channel", l, c) for l, c in sampled_mlp_channels(shape, mlp_sample, seed)]
+    base, losses = removal_losses(model, windows, units, batch_size=batch_size, prefix_cache=prefix_cache, progress=progress)
+    truth = GroupScores.zeros(shape).map(lambda t: t.fill_(float("nan")))
+    for unit, loss in losses.items():
+        truth.block(ATTENTION if unit.kind == "attention_group" else MLP)[unit.layer][unit.index] = loss - base
+    truth.meta = {"base_loss": base, "windows": list(windows.shape), "mlp_sample": mlp_sample, "seed": seed}
+    return truth

@@ -12,13 +12,15 @@ Hessian diagonal, estimated by the empirical Fisher ``F`` over per-sequence grad
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
 from prune.errors import ConfigError
 from prune.importance.base import Calibration, ImportanceMethod, ImportanceResult, register
 from prune.importance.fused import normalise_setting
-from prune.importance.gradients import FISHER_MODES, GradientPass, gradient_pass
+from prune.importance.fisher import FISHER_MODES
+from prune.importance.gradients import GradientPass, gradient_pass
 from prune.importance.mean_grad import check_choice
 from prune.structure import GroupScores, reduce_to_groups
 
@@ -41,6 +43,7 @@ def first_order_scores(model: nn.Module, grads: GradientPass, granularity: str =
 @register("taylor_2nd", order=2)
 @dataclass
 class Taylor(ImportanceMethod):
+    passes: ClassVar[float | None] = 3.0  # forward + backward (recomputation under checkpointing not counted)
     order: int = 2
     granularity: str = "element"
     fisher: str = "token"

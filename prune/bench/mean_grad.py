@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from prune.bench.taylor import taylor_scores
+from prune.bench.timing import interleaved, ratio
 from prune.importance.mean_grad import MEAN_GRAD_CHOICES
 
 SCORE_RTOL = {"fp32": 0.0, "bf16_kahan": 1e-4, "cpu": 1e-6}
@@ -24,7 +26,6 @@ def _flat(scores) -> torch.Tensor:
 
 
 def bench_mean_grad(model, windows, batch_size, repeats, warmup, device, choices=MEAN_GRAD_CHOICES) -> dict:
-    from prune.bench import _ratio, interleaved, taylor_scores
     from prune.importance.gradients import gradient_pass
     from prune.memory import estimate_bytes
     from prune.structure import model_shape
@@ -52,7 +53,7 @@ def bench_mean_grad(model, windows, batch_size, repeats, warmup, device, choices
             "store": kept[kind]["store"],
             "fused": kept[kind]["fused"],
             "median_s": times[kind]["median_s"],
-            "time_ratio_vs_fp32": _ratio(times, kind, "fp32")["ratio"],
+            "time_ratio_vs_fp32": ratio(times, kind, "fp32")["ratio"],
             "score_max_rel_diff": float(rel.max()),
             "score_median_rel_diff": float(rel.median()),
             "scores_within_tolerance": bool(float(rel.max()) <= SCORE_RTOL[kind] or kind == "fp32"),

@@ -1,6 +1,6 @@
 """The sweep report's part on what comes after one-shot pruning: recovery and the long-context probe.
 
-Called by ``prune.report.Report.build``: extra summary columns (``ppl_recovered_<L>``,
+Called by ``prune.sweep.report.Report.build``: extra summary columns (``ppl_recovered_<L>``,
 ``acc_recovered_<task>``), verdicts for the one-shot and the recovered model side by side (the rules of
 ``prune.verdicts``: paired or Welch test with the minimal detectable effect), and ``probe.png``: exact-retrieval
 accuracy of the probe against context length and against depth, per calibration ``seq_len``, before
@@ -11,6 +11,10 @@ from __future__ import annotations
 import statistics
 
 from prune.probe import parse_task
+from prune.stats import compare
+from prune.sweep.conditions import pairs_by_seed
+from prune.sweep.jobs import setting
+from prune.verdicts import judge
 
 STAGES = (("acc_before", "before pruning"), ("acc_after", "after pruning"), ("acc_recovered", "after recovery"))
 
@@ -40,50 +44,46 @@ def probe_mean(metrics: dict, stage: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def verdicts(report) -> list[dict]:
+def verdicts(sweep) -> list[dict]:
     """The probe's verdicts at every stage (the PPL verdicts after recovery are among the report's own)."""
-    from prune.report import pairs_by_seed, setting
-    from prune.stats import compare
-    from prune.verdicts import judge
-
     rows = []
-    for key, jobs in report.series().items():
-        groups = report.by_x(jobs)
+    for key, jobs in sweep.series().items():
+        groups = sweep.by_x(jobs)
         xs = list(groups)
-        label = report.series_label(key)
+        label = sweep.series_label(key)
         for other in xs[1:]:
             ref = xs[0]
-            paired = pairs_by_seed(groups[ref] + groups[other], report.x_key)
+            paired = pairs_by_seed(groups[ref] + groups[other], sweep.x_key)
             for stage, what in STAGES[1:]:
                 arms = [{setting(j, "seed"): probe_mean(j["metrics"], stage) for j in groups[x]} for x in (ref, other)]
                 row = judge(f"[{label}] long-context probe accuracy (mean over lengths and depths), {what}",
-                            report.x_key, ref, other, compare(*arms, paired), "accuracy", lower_is_better=False)
+                            sweep.x_key, ref, other, compare(*arms, paired), "accuracy", lower_is_better=False)
                 if row is not None:
                     row["series"] = label
                     rows.append(row)
     return rows
 
 
-def plot_probe(report) -> bool:
+def plot_probe(sweep) -> bool:
     """``probe.png``: accuracy vs context length (mean over depths) and vs depth (mean over lengths)."""
     import matplotlib.pyplot as plt
 
-    stages = [(s, t) for s, t in STAGES if any(probe_accuracy(j["metrics"], s) for j in report.ok)]
+    stages = [(s, t) for s, t in STAGES if any(probe_accuracy(j["metrics"], s) for j in sweep.ok)]
     if not stages:
         return False
     fig, axes = plt.subplots(len(stages), 2, figsize=(10, 3.4 * len(stages)), squeeze=False)
     for row, (stage, title) in enumerate(stages):
         for col, (axis, label) in enumerate(((0, "context length (tokens)"), (1, "depth of the key (0 = start)"))):
             ax = axes[row][col]
-            for key, jobs in report.series().items():
-                for x, group in report.by_x(jobs).items():
+            for key, jobs in sweep.series().items():
+                for x, group in sweep.by_x(jobs).items():
                     per_job = [probe_accuracy(j["metrics"], stage) for j in group]
                     points = sorted({k[axis] for acc in per_job for k in acc})
                     if not points:
                         continue
                     means = [statistics.fmean(statistics.fmean(v for k, v in acc.items() if k[axis] == p) for acc in per_job
                                               if any(k[axis] == p for k in acc)) for p in points]
-                    name = f"{report.x_key}={x}" + (f" ({report.series_label(key)})" if report.series_keys else "")
+                    name = f"{sweep.x_key}={x}" + (f" ({sweep.series_label(key)})" if sweep.series_keys else "")
                     ax.plot(points, means, marker="o", label=name)
             if axis == 0:
                 ax.set_xscale("log", base=2)
@@ -93,16 +93,16 @@ def plot_probe(report) -> bool:
             ax.set_title(f"long-context probe, {title} (mean over seeds)", fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    report._save(fig, "probe.png")
+    sweep.save(fig, "probe.png")
     return True
 
 
-def _table(report) -> str:
-    lengths = report.eval_lengths()
-    head = f"| {' | '.join(report.series_keys + [report.x_key])} | n | " + " | ".join(f"PPL@{L} one-shot / recovered" for L in lengths) + " |"
-    rows = [head, "|" + "---|" * (len(report.series_keys) + 2 + len(lengths))]
-    for key, jobs in report.series().items():
-        for x, group in report.by_x(jobs).items():
+def _table(sweep) -> str:
+    lengths = sweep.eval_lengths()
+    head = f"| {' | '.join(sweep.series_keys + [sweep.x_key])} | n | " + " | ".join(f"PPL@{L} one-shot / recovered" for L in lengths) + " |"
+    rows = [head, "|" + "---|" * (len(sweep.series_keys) + 2 + len(lengths))]
+    for key, jobs in sweep.series().items():
+        for x, group in sweep.by_x(jobs).items():
             cells = []
             for length in lengths:
                 pair = []
@@ -116,19 +116,19 @@ def _table(report) -> str:
     return "\n".join(rows)
 
 
-def section(report, report_verdicts: list[dict]) -> tuple[str, list[dict]]:
+def section(sweep, report_verdicts: list[dict]) -> tuple[str, list[dict]]:
     """The markdown section (empty without recovery or probe) and its verdicts."""
-    recovered = any(j["metrics"].get("ppl_recovered") for j in report.ok)
-    probe = plot_probe(report)
+    recovered = any(j["metrics"].get("ppl_recovered") for j in sweep.ok)
+    probe = plot_probe(sweep)
     if not recovered and not probe:
         return "", []
-    lines = verdicts(report)
+    lines = verdicts(sweep)
     recovered_ppl = [v["text"] for v in report_verdicts if "PPL after recovery" in v["what"]]
     text = ["", "## After pruning: recovery and the long-context probe", ""]
     if recovered:
-        methods = sorted({(j["metrics"].get("recovery") or {}).get("method", "?") for j in report.ok})
-        text += [f"Recovery ({', '.join(methods)}): does each difference between {report.x_key} values survive it?", "",
-                 _table(report), ""]
+        methods = sorted({(j["metrics"].get("recovery") or {}).get("method", "?") for j in sweep.ok})
+        text += [f"Recovery ({', '.join(methods)}): does each difference between {sweep.x_key} values survive it?", "",
+                 _table(sweep), ""]
     text += recovered_ppl + [v["text"] for v in lines] or ["- nothing to compare (a single condition)."]
     if probe:
         text += ["", "![probe.png](probe.png)", "",

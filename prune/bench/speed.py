@@ -25,6 +25,9 @@ import time
 
 import torch
 
+from prune.bench.models import param_count, random_windows
+from prune.bench.timing import _sync, interleaved
+
 DECODE_STEPS = ("auto", "compile", "eager")
 CPU_COMPILE_SKIPPED = ("torch.compile skipped on CPU: no CUDA graphs there, and inductor's C++ compile takes minutes "
                        "on a small shared CPU; the static cache runs eager")
@@ -79,8 +82,6 @@ class StaticDecoder:
     @torch.no_grad()
     def __call__(self, prompt: torch.Tensor) -> tuple[torch.Tensor, float, float]:
         """(new tokens, prefill seconds, decode seconds for the ``new_tokens - 1`` steps)."""
-        from prune.bench import _sync
-
         device = prompt.device
         self.cache.reset()
         b, p = prompt.shape
@@ -126,7 +127,6 @@ def bench_static_decode(models: dict, prompts: dict[int, torch.Tensor], new_toke
 
 
 def bench_speed(model, scores, score_source, args, device) -> dict:
-    from prune.bench import forward_flops_per_token, interleaved, param_count, random_windows
     from prune.structure import model_shape
 
     pruned, _ = prune_copy(model, scores, args.prune_ratio, 128 if device.type == "cuda" else 8)
@@ -148,7 +148,7 @@ def bench_speed(model, scores, score_source, args, device) -> dict:
                                  args.repeats, args.warmup, device)
     prefill_tps = {k: args.prefill_batch * args.prefill_len / v["median_s"] for k, v in prefill_times.items()}
     prefill_speedup = prefill_tps["pruned"] / prefill_tps["dense"]
-    flop_ratio = forward_flops_per_token(model, args.prefill_len) / forward_flops_per_token(pruned, args.prefill_len)
+    flop_ratio = shape_before.forward_flops(args.prefill_len) / shape_after.forward_flops(args.prefill_len)
     report = {
         "score_source": score_source,
         "prune_ratio": args.prune_ratio,
@@ -165,7 +165,7 @@ def bench_speed(model, scores, score_source, args, device) -> dict:
         "prefill_speedup": prefill_speedup,
         "prefill_per_round_speedup": [d / p for d, p in zip(prefill_times["dense"]["times_s"], prefill_times["pruned"]["times_s"])],
         "prefill_flop_ratio": flop_ratio,
-        "prefill_flop_ratio_note": "dense / pruned forward FLOPs per token (2 x matmul params + attention): the ideal speedup",
+        "prefill_flop_ratio_note": "dense / pruned forward FLOPs per token (ModelShape.forward_flops: 2 x matmul weights + attention): the ideal speedup",
         "prefill_of_flop_ratio": prefill_speedup / flop_ratio,
         "decode": {
             "kind": "static KV cache; eager prefill of the prompt, then single-token steps (timed apart)",

@@ -1,45 +1,14 @@
-"""Downstream (zero-shot multiple-choice) accuracy of the in-memory model with lm-evaluation-harness.
-
-``check_tasks`` runs before any model work and refuses, in one line, a task lm-eval does not know or whose
-data set cannot be loaded (offline: not in the local cache). ``evaluate_tasks`` wraps the model that is
-in memory, pruned or not, in lm-eval's ``HFLM`` and runs ``lm_eval.simple_evaluate``; it returns one
-metric per task (the one the literature reports, see ``STANDARD_TASKS``) and their unweighted mean.
-
-lm-eval is an optional dependency (``pip install -e .[eval]``, pinned to 0.4.13 in setup.cfg) and is
-imported only inside these functions, so the rest of the package works without it.
-
-Which metric per task
----------------------
-lm-eval reports ``acc`` (argmax of the summed log-likelihood of each choice) and, for tasks whose choices
-differ in length, ``acc_norm`` (the same divided by the choice's length in bytes). Papers differ:
-
-* LLM-Pruner (Ma et al., 2023; BoolQ, PIQA, HellaSwag, WinoGrande, ARC-e, ARC-c, OBQA): ``acc`` for BoolQ,
-  PIQA, WinoGrande and ARC-e, ``acc_norm`` for HellaSwag, ARC-c and OBQA. Its code prints both; the
-  paper's LLaMA-7B numbers match ``acc`` on the first four and ``acc_norm`` on the last three
-  (horseee/LLM-Pruner issue #25 reproduces the table both ways). Structured-pruning papers that compare
-  with LLM-Pruner usually copy this table and with it this convention.
-* Wanda (Sun et al., 2023; BoolQ, RTE, HellaSwag, WinoGrande, ARC-e, ARC-c, OBQA): ``acc`` everywhere
-  (its dense LLaMA-7B HellaSwag 56.9 and OBQA 34.4 are the ``acc`` values).
-* SliceGPT (Ashkboos et al., 2024; PIQA, WinoGrande, HellaSwag, ARC-e, ARC-c): ``acc_norm`` wherever the
-  task reports it, else ``acc`` (``result.get('acc_norm,none', result['acc,none'])`` in its
-  ``run_lm_eval.py``), i.e. ``acc`` only for WinoGrande.
-
-This project prunes whole heads and channels as LLM-Pruner does and compares against its table, so
-``STANDARD_TASKS`` follows LLM-Pruner. Every task's result also keeps all of ``acc`` / ``acc_norm`` that
-lm-eval computed (``metrics``), so the Wanda or SliceGPT convention can be recomputed from ``metrics.json``;
-``evaluate_tasks(metrics={...})`` changes the reported one.
-"""
+"""Which lm-eval tasks a job asks for, their metric, and the checks that refuse an unknown task or an
+unloadable data set (offline: not in the local cache) in one line, before any model work."""
 from __future__ import annotations
 
 import contextlib
 import difflib
 import logging
 import os
-import random
-import time
 from pathlib import Path
 
-from prune.errors import DownstreamError  # re-exported: defined with the other refusals
+from prune.errors import DownstreamError
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +89,7 @@ def _local_dirs(local_task_dir) -> tuple[Path, ...]:
     return tuple(dict.fromkeys(paths))
 
 
-def _resolve(tasks, local_task_dir):
+def resolve_tasks(tasks, local_task_dir):
     """(task manager, requested name -> leaf task names) after checking that every name exists."""
     _require_lm_eval()
     if isinstance(tasks, str):
@@ -220,7 +189,7 @@ def check_tasks(tasks: list[str], local_task_dir: str | os.PathLike | list | Non
     data set is resolved with ``datasets.load_dataset_builder`` (metadata only), which offline succeeds
     only if the data set is in the local cache.
     """
-    manager, leaves = _resolve(tasks, local_task_dir)
+    manager, leaves = resolve_tasks(tasks, local_task_dir)
     problems = {}  # leaf task -> (requested name, why)
     for requested, names in leaves.items():
         for name in names:
@@ -236,97 +205,3 @@ def check_tasks(tasks: list[str], local_task_dir: str | os.PathLike | list | Non
             f"downstream task '{name}'{'' if requested == name else f' (from {requested})'} cannot run{also}: "
             f"{problem}; download it once online, or use {LOCAL_TESTBED_HINT}"
         )
-
-
-@contextlib.contextmanager
-def _preserved_rng():
-    """simple_evaluate seeds python, numpy and torch globally; give the caller its RNG state back."""
-    import numpy as np
-    import torch
-
-    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-
-
-def _number(value):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None  # lm-eval writes "N/A" for stderrs it did not compute
-    return value
-
-
-def evaluate_tasks(
-    model,
-    tokenizer,
-    tasks: list[str],
-    batch_size: int | str,
-    limit: int | None,
-    device=None,
-    local_task_dir: str | os.PathLike | list | None = None,
-    num_fewshot: int = 0,
-    metrics: dict[str, str] | None = None,
-) -> dict:
-    """Evaluate the in-memory ``model`` on lm-eval ``tasks``; returns per-task metric and the mean.
-
-    ``{"tasks": {name: {"metric", "value", "stderr", "n", "metrics"}}, "mean", "limit", "num_fewshot",
-    "seconds"}``: ``value`` is the metric of ``TASK_METRICS`` (``acc`` for tasks not listed, overridable
-    with ``metrics={task: metric}``), ``n`` the number of items evaluated (``limit`` caps it: the first
-    ``limit`` items of the task's evaluation split), ``metrics`` every acc / acc_norm lm-eval computed,
-    and ``mean`` the unweighted mean of ``value`` over tasks (tags are expanded into their tasks).
-    ``local_task_dir`` is a folder of lm-eval task YAMLs (or a list of them) added to lm-eval's built-in
-    tasks, e.g. ``prune.testbed.tasks.ensure_task_dir(...)``. ``device`` is where inputs go (default: the
-    model's device; the model is not moved). ``batch_size`` may also be lm-eval's ``"auto"``. Tasks whose
-    YAML fixes ``num_fewshot`` (the testbed tasks: 0) keep it. The model's train/eval mode and the global
-    random states are restored afterwards.
-    """
-    import torch
-
-    check_task_settings(batch_size, limit)
-    manager, leaves = _resolve(tasks, local_task_dir)
-    names = list(dict.fromkeys(n for group in leaves.values() for n in group))
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-
-    chosen = {**TASK_METRICS, **(metrics or {})}
-    was_training = model.training
-    started = time.time()
-    try:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal")
-        if device is not None and str(device) != "auto":
-            lm._device = torch.device(device)  # HFLM takes the device of a passed-in model; inputs go here
-        with _preserved_rng():
-            out = simple_evaluate(
-                model=lm, tasks=names, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
-                log_samples=False, bootstrap_iters=1000,
-            )
-    finally:
-        model.train(was_training)
-    results, counts = out["results"], out.get("n-samples", {})
-    report = {}
-    for name in names:
-        res = results[name]
-        metric = chosen.get(name, "acc")
-        if f"{metric},none" not in res:
-            available = sorted(k.split(",")[0] for k in res if "," in k and "stderr" not in k)
-            raise DownstreamError(f"task '{name}' reports no '{metric}' (it has {', '.join(available)})")
-        report[name] = {
-            "metric": metric,
-            "value": float(res[f"{metric},none"]),
-            "stderr": _number(res.get(f"{metric}_stderr,none")),
-            "n": int(counts.get(name, {}).get("effective", 0)) or None,
-            "metrics": {m: float(res[f"{m},none"]) for m in ("acc", "acc_norm", "perplexity") if f"{m},none" in res},
-        }
-    mean = sum(r["value"] for r in report.values()) / len(report)
-    return {
-        "tasks": report, "mean": mean, "limit": limit, "num_fewshot": num_fewshot,
-        "seconds": round(time.time() - started, 2),
-    }

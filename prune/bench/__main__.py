@@ -1,0 +1,5 @@
+import sys
+
+from prune.bench.cli import main
+
+sys.exit(main())

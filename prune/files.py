@@ -1,0 +1,24 @@
+"""Writing a file so that a reader (or a job killed halfway) sees the old content or the new, never half."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """``write(tmp)`` fills a temporary file beside ``path`` (same folder, so the rename stays on one file
+    system); ``os.replace`` then swaps it in. The temporary name carries the process id: two processes
+    writing the same path never share one."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))

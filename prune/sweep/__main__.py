@@ -1,0 +1,3 @@
+from prune.sweep.cli import main
+
+main()

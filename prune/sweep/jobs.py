@@ -1,0 +1,112 @@
+"""The job folders of a sweep: the one place that reads their ``metrics.json`` (with ``plan.json`` and the
+overrides Hydra recorded), for the report, the Hydra callback, the dashboard and ``prune-bench --sweep``."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def metrics_files(sweep_dir: str | Path, nested: bool = False) -> list[Path]:
+    """``<job>/metrics.json`` of every job folder in natural order (``2`` before ``10``); with ``nested``,
+    any depth when no folder holds one directly."""
+    sweep_dir = Path(sweep_dir)
+    files = list(sweep_dir.glob("*/metrics.json"))
+    if not files and nested:
+        files = list(sweep_dir.rglob("metrics.json"))
+    return sorted(files, key=lambda p: _natural(str(p.parent.relative_to(sweep_dir))))
+
+
+def has_jobs(sweep_dir: str | Path) -> bool:
+    return any(Path(sweep_dir).glob("*/metrics.json"))
+
+
+def load_jobs(sweep_dir: str | Path, latest_launch: bool = True, nested: bool = False) -> tuple[list[dict], list[str]]:
+    """The job folders (their ``metrics.json``, ``plan.json``, overrides) and the names of those left out.
+
+    A sweep folder can hold folders of an earlier launch with other settings (experiments use a fixed
+    folder). With ``latest_launch``, a folder whose overrides are not a point of the latest launch
+    (``multirun.yaml``) is left out and its name returned as the second value. Nothing depends on file
+    times, so a copied, rsynced or freshly cloned sweep folder reads the same.
+    """
+    sweep_dir = Path(sweep_dir)
+    grid = launch_grid(sweep_dir) if latest_launch else None
+    jobs, stale = [], []
+    for metrics_path in metrics_files(sweep_dir, nested):
+        folder = metrics_path.parent
+        name = str(folder.relative_to(sweep_dir))
+        overrides_path = folder / ".hydra" / "overrides.yaml"
+        overrides = []
+        if overrides_path.exists():
+            overrides = [line[2:].strip() for line in overrides_path.read_text().splitlines() if line.startswith("- ")]
+        if grid is not None and overrides_path.exists() and frozenset(overrides) not in grid:
+            stale.append(name)
+            continue
+        try:
+            metrics = json.loads(metrics_path.read_text())
+        except json.JSONDecodeError:
+            metrics = {"status": "failed", "error": "metrics.json is unreadable (job killed while writing?)"}
+        plan = json.loads((folder / "plan.json").read_text()) if (folder / "plan.json").exists() else None
+        jobs.append({"folder": name, "metrics": metrics, "overrides": overrides,
+                     "override_values": override_values(overrides), "plan": plan})
+    return jobs, stale
+
+
+def launch_grid(sweep_dir: Path) -> set[frozenset] | None:
+    """The override sets of every job of the sweep's latest launch, expanded from its ``multirun.yaml``
+    (sweeper params + command line) as Hydra's basic sweeper expands them; None if unknown."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    path = sweep_dir / "multirun.yaml"
+    if not path.exists():
+        return None
+    try:
+        hydra_cfg = OmegaConf.load(path).hydra
+        params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
+        overrides = OverridesParser.create().parse_overrides(params + list(hydra_cfg.overrides.task))
+        return {frozenset(job) for job in BasicSweeper.split_arguments(overrides, None)[0]}
+    except Exception as exc:  # an unusual sweeper: keep every folder rather than guess
+        log.warning("cannot expand the sweep of %s (%s): every job folder is reported", path, exc)
+        return None
+
+
+def override_values(overrides: list[str]) -> dict:
+    """``["seq_len=128", "+data.x=a"]`` -> ``{"seq_len": 128, "data.x": "a"}`` (values parsed as YAML)."""
+    import yaml
+
+    values = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            continue
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        values[key.lstrip("+~")] = parsed
+    return values
+
+
+def _natural(name: str):
+    return (0, int(name)) if name.isdigit() else (1, name)
+
+
+def setting(job: dict, key: str):
+    """A job's value of a setting: from its ``metrics.json`` ``run`` record, else from its overrides."""
+    run = job["metrics"].get("run", {})
+    return run[key] if key in run else job.get("override_values", {}).get(key)
+
+
+def logger_config(sweep_dir: str | Path, jobs: list[dict]) -> dict | None:
+    """The ``logger`` settings the sweep's jobs ran with (from the first job's ``.hydra/config.yaml``)."""
+    import yaml
+
+    for job in jobs:
+        path = Path(sweep_dir) / job["folder"] / ".hydra" / "config.yaml"
+        if path.exists():
+            return (yaml.safe_load(path.read_text()) or {}).get("logger")
+    return None

@@ -1,0 +1,53 @@
+"""The report of a sweep folder: tables, figures, verdicts and ``report.md``, and its W&B run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prune.sweep import after, figures
+from prune.sweep.comparisons import verdicts as comparisons
+from prune.sweep.conditions import Sweep
+from prune.sweep.jobs import logger_config
+from prune.sweep.markdown import markdown
+from prune.sweep.table import summary_rows, write_tables
+
+
+class Report(Sweep):
+    def build(self, log_wandb: bool = True) -> Path:
+        write_tables(self.dir, self.jobs)
+        figures.plot_ppl(self)
+        figures.plot_accuracy(self)
+        overlaps = figures.plot_overlap(self)
+        figures.plot_layers(self)
+        figures.plot_cost(self)
+        verdicts = comparisons(self)
+        after_text, recovery = after.section(self, verdicts)  # recovery and the long-context probe
+        verdicts += recovery
+        (self.dir / "report.md").write_text(markdown(self, [v for v in verdicts if v not in recovery]) + after_text)
+        (self.dir / "verdicts.json").write_text(json.dumps(
+            {"verdicts": [v["text"] for v in verdicts], "structured": verdicts, "overlaps": overlaps}, indent=2, default=str))
+        if log_wandb:
+            self.log_to_wandb()
+        return self.dir / "report.md"
+
+    def log_to_wandb(self) -> None:
+        """Figures and the summary table go to a run of job type ``report`` in the sweep's group."""
+        logger_cfg = logger_config(self.dir, self.jobs)
+        if not logger_cfg or "WandbTracker" not in str(logger_cfg.get("_target_", "")):
+            return
+        from prune.tracking import WandbTracker
+
+        fields = {k: v for k, v in logger_cfg.items() if k in ("project", "entity", "mode", "tags", "group")}
+        tracker = WandbTracker(**fields)
+        ok = False
+        try:
+            tracker.start({"sweep_dir": str(self.dir), "jobs": len(self.jobs)}, f"report-{self.dir.name}", self.dir.name, "report", str(self.dir))
+            tracker.log_images({f"report/{Path(n).stem}": p for n, p in self.figures.items()})
+            tracker.log_table("summary", summary_rows(self.jobs))
+            ok = True
+        finally:
+            tracker.finish(ok)
+
+
+def build_report(sweep_dir: str | Path, log_wandb: bool = True) -> Path:
+    return Report(sweep_dir).build(log_wandb=log_wandb)

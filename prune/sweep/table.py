@@ -1,0 +1,94 @@
+"""A sweep as a table: one row per job (settings, PPL, accuracy, rank agreement, time and memory per phase),
+written as ``summary.csv`` / ``summary.json``; and the time a finished sweep spent (``prune-bench --sweep``)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prune.sweep import after
+from prune.sweep.conditions import KEYS
+from prune.sweep.jobs import load_jobs, setting
+
+
+def summary_rows(jobs: list[dict]) -> list[dict]:
+    """One row per job, columns in order of first appearance."""
+    rows = []
+    for job in jobs:
+        m = job["metrics"]
+        row = {"job": job["folder"], "name": m.get("run", {}).get("name"), "status": m.get("status"),
+               "error": m.get("error", ""), "overrides": " ".join(job["overrides"])}
+        for key in KEYS + ("seed",):
+            row[key] = setting(job, key)
+        for length, value in m.get("ppl_before", {}).items():
+            row[f"ppl_before_{length}"] = value
+        for length, value in m.get("ppl_after", {}).items():
+            row[f"ppl_after_{length}"] = value
+        for key in ("params_before", "params_after", "prunable_ratio_removed", "total_ratio_removed"):
+            row[key] = m.get(key)
+        accuracy = m.get("importance_accuracy") or {}
+        for truth, values in (accuracy.get("by_truth") or {"": accuracy}).items():
+            for block, value in values.items():
+                if isinstance(value, (int, float)) and block not in ("length", "tokens"):
+                    row[f"spearman_{block}" + (f"@{truth}" if truth else "")] = value
+        for tag in ("acc_before", "acc_after"):
+            for task, value in (m.get(tag) or {}).items():
+                row[f"{tag}_{task}"] = value
+        row.update(after.columns(m))  # recovery
+        for phase, seconds in (m.get("timings") or {}).items():
+            row[f"time_{phase}_s"] = seconds
+        for phase, mb in (m.get("peak_memory_mb") or {}).items():
+            row[f"peak_{phase}_mb"] = mb
+        rows.append(row)
+    return rows
+
+
+def summary_frame(jobs: list[dict]):
+    """``summary_rows`` as a DataFrame of Python objects (an int column with gaps stays int, not float)."""
+    import pandas as pd
+
+    return pd.DataFrame(summary_rows(jobs), dtype=object)
+
+
+def write_tables(sweep_dir: Path, jobs: list[dict]) -> list[dict]:
+    rows = summary_rows(jobs)
+    (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2, default=str))
+    summary_frame(jobs).to_csv(sweep_dir / "summary.csv", index=False, lineterminator="\r\n")
+    return rows
+
+
+def time_spent(folder: str | Path) -> dict:
+    """Time spent by a finished multirun, from its jobs' ``metrics.json`` (nothing is run); every job
+    folder counts, an earlier launch's too.
+
+    ``jobs_total_s`` sums the jobs' own wall times; ``launch_wall_s`` is the time from the launch
+    (``multirun.yaml`` written) to the last ``metrics.json`` written, so it also holds process start-up and
+    Hydra's work between jobs; ``by_seq_len`` gives the mean seconds per phase of one job at each length.
+    """
+    import pandas as pd
+
+    folder = Path(folder)
+    jobs, _ = load_jobs(folder, latest_launch=False, nested=True)
+    if not jobs:
+        raise FileNotFoundError(f"no */metrics.json under {folder}")
+    frame = summary_frame(jobs)
+    columns = [c for c in frame if c.startswith("time_") and c.endswith("_s")]
+    seconds = frame[columns].apply(pd.to_numeric, errors="coerce").rename(columns=lambda c: c[len("time_"):-len("_s")])
+    phases = seconds.drop(columns="total", errors="ignore")
+    total = seconds["total"] if "total" in seconds else pd.Series(float("nan"), index=frame.index)
+    total = total.fillna(phases.sum(axis=1))
+    status = frame["status"].fillna("?")
+    ok = phases[status == "ok"].assign(total=total[status == "ok"], seq_len=frame["seq_len"][status == "ok"])
+    by_length = {}
+    groups = sorted(ok.groupby("seq_len", dropna=False, sort=False), key=lambda kv: (pd.isna(kv[0]), 0 if pd.isna(kv[0]) else kv[0]))
+    for length, rows in groups:
+        rows = rows.drop(columns="seq_len")
+        rows = rows.loc[:, rows.notna().any()]
+        by_length[str(None if pd.isna(length) else length)] = {"jobs": len(rows), **rows.fillna(0.0).mean().to_dict()}
+    launch = folder / "multirun.yaml"
+    written = max((folder / j["folder"] / "metrics.json").stat().st_mtime for j in jobs)
+    return {"folder": str(folder), "jobs": len(jobs), "status": {k: int(n) for k, n in status.value_counts(sort=False).items()},
+            "jobs_total_s": float(total.sum()), "launch_wall_s": written - launch.stat().st_mtime if launch.exists() else None,
+            "phase_sums_s": phases.sum().to_dict(),
+            "by_seq_len": by_length,
+            "per_job": [{"job": j["folder"], "status": s, "total_s": float(t), "seq_len": L}
+                        for j, s, t, L in zip(jobs, status, total, frame["seq_len"])]}
