@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from prune.errors import ConfigError, first_line, instantiate_checked
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+from prune.schema import CONF_DIR as CONF
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
 
 
@@ -59,7 +59,7 @@ KINDS = {  # name -> (test, phrase used in the refusal)
     "names": (lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v), "a list of names, e.g. [boolq,piqa]"),
 }
 
-SETTINGS = {  # every plain (not instantiated) setting of conf/config.yaml and its kind
+SETTINGS = {  # every plain (not instantiated) setting of prune/conf/config.yaml and its kind
     "seed": "int", "seq_len": "int>0", "batch_size": "int>0", "num_samples": "int>0",
     "token_budget": "int>0|null", "calibration_block": "int>0|null",
     "lengths.taylor": "int>=2", "lengths.layer": "int>=2", "lengths.block": "int>=2",
@@ -79,7 +79,7 @@ NODE_SETTINGS = {  # settings of instantiated nodes, checked where the chosen op
     "importance.micro_batch_size": "int>0|null", "importance.mlp_sample": "int>0|null",
     "model.width_multiple": "int>0", "data.test_fraction": "fraction(0,1)",
 }
-# the config groups (their own files check their keys): every folder of conf/ but Hydra's
+# the config groups (their own files check their keys): every folder of prune/conf/ but Hydra's
 GROUPS = tuple(sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra"))
 
 

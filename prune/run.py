@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("prune")
-CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
+CONFIG_PATH = "conf"  # prune/conf, shipped inside the package (relative to this module)
 
 
 def safe_dirname(overrides: str) -> str:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import CONF
 from prune.testbed.build import TestbedSpec, ensure_data, load_split_texts, make_tokenizer
 from prune.testbed.corpus import BOS_ID, CorpusSpec, dependency_distances, generate_documents, render, vocabulary
 
@@ -84,7 +84,7 @@ def test_default_testbed_learns_long_range_facts(cache_dir):
     from prune.testbed.analysis import dependency_losses_by_window
     from prune.testbed.build import ensure_model, token_stream
 
-    spec = TestbedSpec.from_dict(OmegaConf.to_container(OmegaConf.load(REPO / "conf/testbed/default.yaml")))
+    spec = TestbedSpec.from_dict(OmegaConf.to_container(OmegaConf.load(CONF / "testbed" / "default.yaml")))
     model = load_pruned(ensure_model(spec, cache_dir, progress=False)).eval()
     stream = token_stream(spec.corpus, cache_dir, "test")
     res = dependency_losses_by_window(model, stream, spec.corpus, (128, 1024), max_tokens=16384)

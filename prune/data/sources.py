@@ -1,7 +1,7 @@
 """Where calibration and evaluation text comes from.
 
 Every source returns raw documents for two splits: ``train`` (calibration text, always) and ``test``
-(evaluation text, always). They are instantiated by Hydra from ``conf/data/*.yaml``.
+(evaluation text, always). They are instantiated by Hydra from ``prune/conf/data/*.yaml``.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The importance-method interface and its registry.
 
 A method maps (model, calibration windows) to one score per prunable group (``GroupScores``): higher
-means more important. Methods are small dataclasses instantiated by Hydra from ``conf/importance/``;
+means more important. Methods are small dataclasses instantiated by Hydra from ``prune/conf/importance/``;
 ``REGISTRY`` maps config names to classes for code that builds them directly.
 """
 from __future__ import annotations
