@@ -28,7 +28,10 @@ def register(name: str, **defaults):
     return wrap
 
 
-def build(name: str, **kwargs) -> "ImportanceMethod":
+def build(name, **kwargs) -> "ImportanceMethod":
+    """The method registered as ``name``; a method already built (``pruning.layer_importance``) as it is."""
+    if isinstance(name, ImportanceMethod) and not kwargs:
+        return name
     if name not in REGISTRY:
         raise ConfigError(f"unknown importance method '{name}' (pruning.layer_importance?): choose one of {', '.join(sorted(REGISTRY))}")
     cls, defaults = REGISTRY[name]
