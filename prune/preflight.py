@@ -74,7 +74,7 @@ def _schema_nodes(node: DictConfig, path: str = ""):
     if dataclasses.is_dataclass(kind):
         yield path, node, kind
     for key in node.keys():
-        if not OmegaConf.is_interpolation(node, key) and isinstance(node._get_node(key), DictConfig):
+        if not (OmegaConf.is_interpolation(node, key) or OmegaConf.is_missing(node, key)) and OmegaConf.is_dict(node[key]):
             yield from _schema_nodes(node[key], f"{path}{key}.")
 
 
