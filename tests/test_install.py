@@ -20,6 +20,11 @@ FAST = ["testbed=tiny", "seq_len=64", "num_samples=8", "batch_size=2", "eval.len
         "logger=none", "save_model=false"]
 
 
+def _env() -> dict:
+    """This environment without what would put the checkout's prune on the path."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
 def _run(args, cwd, env, timeout=600):
     out = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
     assert out.returncode == 0, f"{args}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
@@ -27,9 +32,9 @@ def _run(args, cwd, env, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    """A fresh venv holding only the built wheel; the test interpreter's packages serve as its dependencies."""
-    tmp = tmp_path_factory.mktemp("install")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel ``pip wheel .`` builds from this checkout."""
+    tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"  # build from a copy: the build writes build/ and *.egg-info beside the sources
     for name in SOURCES:
         path = REPO / name
@@ -38,9 +43,16 @@ def installed(tmp_path_factory):
         else:
             src.mkdir(exist_ok=True)
             shutil.copy2(path, src / name)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env = _env()
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp / "dist", src], tmp, env)
-    wheel = next((tmp / "dist").glob("prune_lab-*.whl"))
+    return next((tmp / "dist").glob("prune_lab-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory):
+    """A fresh venv holding only the built wheel; the test interpreter's packages serve as its dependencies."""
+    tmp = tmp_path_factory.mktemp("install")
+    env = _env()
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], tmp, env)
     python = venv / "bin" / "python"
@@ -51,23 +63,23 @@ def installed(tmp_path_factory):
     parents = [p for p in [*site.getsitepackages(), site.getusersitepackages()] if Path(p).is_dir() and Path(p) != purelib]
     (purelib / "zz_test_dependencies.pth").write_text("".join(f"{p}\n" for p in parents))
     _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q", wheel], tmp, env)
-    return venv, env, tmp
+    return venv, env
 
 
-def test_the_wheel_ships_every_config_file(installed):
+def test_the_wheel_ships_every_config_file(wheel):
     import zipfile
 
-    venv, _, tmp = installed
-    names = set(zipfile.ZipFile(next((tmp / "dist").glob("*.whl"))).namelist())
+    names = set(zipfile.ZipFile(wheel).namelist())
     conf = REPO / "prune" / "conf"
     expected = {f"prune/conf/{p.relative_to(conf).as_posix()}" for p in conf.rglob("*.yaml")}
-    assert {"prune/conf/config.yaml", "prune/conf/hydra/job_logging/prune.yaml", "prune/conf/experiment/seq_len_sweep.yaml"} <= expected
-    assert expected <= names, sorted(expected - names)
+    assert {"prune/conf/config.yaml", "prune/conf/hydra/job_logging/prune.yaml", "prune/conf/experiment/seq_len_sweep.yaml",
+            "prune/conf/importance/base/taylor.yaml", "prune/conf/pruning/layer_importance/layer.yaml"} <= expected
+    assert expected | {"prune/conf/__init__.py", "prune/schema.py"} <= names, sorted(expected - names)
 
 
 @pytest.mark.slow
 def test_prune_run_from_the_wheel_composes_and_runs_a_job(installed, tiny_testbed, tmp_path):
-    venv, env, _ = installed
+    venv, env = installed
     python, prune_run = venv / "bin" / "python", venv / "bin" / "prune-run"
     where = _run([python, "-c", "import prune; print(prune.__file__)"], tmp_path, env).stdout.strip()
     assert Path(where).is_relative_to(venv), where  # the wheel's copy, not the checkout's
