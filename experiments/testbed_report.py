@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from prune.checkpoint import load_pruned
+from prune.schema import compose
 from prune.testbed.analysis import attention_group_removal_table, class_losses, dependency_losses_by_window, windows_with_classes
 from prune.testbed.build import TestbedSpec, ensure_model, token_stream
 
@@ -28,15 +29,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "experiments" / "results"))
     parser.add_argument("--cache-dir", default=os.environ.get("PRUNE_LAB_CACHE", "~/.cache/prune-lab"))
-    parser.add_argument("--testbed", default="default", help="testbed config name under conf/testbed/")
+    parser.add_argument("--testbed", default="default", help="testbed config name under prune/conf/testbed/")
     parser.add_argument("--tokens", type=int, default=16384, help="held-out tokens to measure on")
     args = parser.parse_args()
     cache = os.path.expanduser(args.cache_dir)
-    cfg = OmegaConf.load(REPO / "conf" / "testbed" / f"{args.testbed}.yaml")
-    if "defaults" in cfg:
-        base = OmegaConf.load(REPO / "conf" / "testbed" / "default.yaml")
-        cfg = OmegaConf.merge(base, {k: v for k, v in cfg.items() if k != "defaults"})
-    spec = TestbedSpec.from_dict(OmegaConf.to_container(cfg))
+    cfg = compose(f"testbed={args.testbed}").testbed  # Hydra merges the option over its defaults
+    spec = TestbedSpec.from_dict(OmegaConf.to_container(cfg, resolve=True))
     folder = ensure_model(spec, cache)
     model = load_pruned(folder).eval()
     stream = token_stream(spec.corpus, cache, "test")

@@ -1,6 +1,6 @@
 """Model sources: the embedded testbed, or any Hugging Face causal LM of the LLaMA family.
 
-Instantiated by Hydra from ``conf/model/*.yaml``. ``config()`` and ``tokenizer()`` are cheap and run
+Instantiated by Hydra from ``prune/conf/model/*.yaml``. ``config()`` and ``tokenizer()`` are cheap and run
 before any expensive work, so a bad model is refused in one line before weights are loaded.
 """
 from __future__ import annotations

@@ -18,8 +18,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+import prune.schema  # noqa: F401  (puts the config schemas into Hydra's ConfigStore before composing)
+
 log = logging.getLogger("prune")
-CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
+CONFIG_PATH = "conf"  # prune/conf, shipped inside the package (relative to this module)
 
 
 def safe_dirname(overrides: str) -> str:
@@ -127,7 +129,7 @@ def app(cfg: DictConfig) -> float | None:
         finished = None if cfg.get("force") is True else already_finished(out_dir, cfg)
         if finished is not None:
             log.info("skipping %s: it already finished (status ok) with the same config; force=true re-runs it", out_dir)
-            return next(iter(finished.get("ppl_after", {}).values()), None)
+            return objective_value(finished, cfg.objective)
         metrics = run_job(cfg, out_dir, group=group)
         _print_summary(metrics)
     except USER_ERRORS as exc:
@@ -144,7 +146,20 @@ def app(cfg: DictConfig) -> float | None:
         if multirun:
             return None
         sys.exit(1)
-    return next(iter(metrics["ppl_after"].values()), None)
+    return objective_value(metrics, cfg.objective)
+
+
+def objective_value(metrics: dict, objective: str) -> float | None:
+    """The job's result for a sweeper: ``objective`` (``ppl_after``, ``ppl_after.512``, ``acc_after.boolq``...)
+    looked up in ``metrics``; a per-length or per-task metric without an entry gives its first entry."""
+    head, _, entry = str(objective).partition(".")
+    value = metrics.get(head)
+    if isinstance(value, dict):
+        value = value.get(entry) if entry else next(iter(value.values()), None)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        log.warning("objective=%s: metrics.json has no number there; the sweeper gets None", objective)
+        return None
+    return float(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,7 +216,7 @@ def _hydra_refusal(exc: BaseException) -> str | None:
     """One line for an error Hydra raises before the job starts (unknown key / option, bad override,
     unwritable output folder); None for anything else (a bug)."""
     from hydra.errors import HydraException, InstantiationException, OverrideParseException
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     from prune.errors import first_line
     from prune.preflight import suggest
@@ -215,19 +230,21 @@ def _hydra_refusal(exc: BaseException) -> str | None:
     if isinstance(exc, OverrideParseException):
         return f"cannot parse the override '{exc.override}': {first_line(exc)}"
     cause = exc.__cause__
-    key = getattr(cause, "full_key", None)
-    if key and "not in struct" in str(cause):
-        return f"unknown setting {key}: {suggest(str(key))}"
     text = str(exc).split("Config search path")[0]
     lines = [line.strip() for line in text.splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
     if not lines:
         return type(exc).__name__
-    text = lines[0]
+    text = lines[0].rstrip(".")
     options = next((i for i, line in enumerate(lines) if line.startswith("Available options")), None)
     if options is not None:
         text += f"; {lines[options]} {', '.join(lines[options + 1:])}"
     elif cause is not None and first_line(cause) not in text:
         text += f": {first_line(cause)}"
+    key = getattr(cause, "full_key", None)
+    if key and "Invalid type assigned" in str(cause) and "is not a subclass of" in str(cause):  # a value for a group
+        text += f"; {key} is a config group: choose its option with {str(key).replace('.', '/')}=<option>"
+    elif key and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):  # an unknown key, e.g. "Key 'seqlen' not in 'Config'"
+        text += f"; {suggest(str(key), getattr(cause, 'object_type', None))}"
     return text
 
 

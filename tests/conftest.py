@@ -9,6 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
+CONF = REPO / "prune" / "conf"
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="prune-lab-tests-"))
 
 # Set before transformers / datasets / wandb are imported by any test module.
@@ -95,20 +96,16 @@ def tiny_model(model_type: str = "llama", seed: int = 0, dtype=torch.float32, **
 @pytest.fixture(scope="session")
 def tiny_testbed(cache_dir):
     """The small testbed used by job tests (built once per session, ~15 s)."""
-    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
     from prune.testbed.build import TestbedSpec, ensure_model
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["testbed=tiny"])
-    from omegaconf import OmegaConf
-
+    cfg = compose_config("testbed=tiny")
     spec = TestbedSpec.from_dict(OmegaConf.to_container(cfg.testbed, resolve=True))
     return spec, ensure_model(spec, cache_dir, progress=False)
 
 
 def compose_config(*overrides: str):
-    from hydra import compose, initialize_config_dir
+    from prune.schema import compose
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=False)
+    return compose(*overrides)

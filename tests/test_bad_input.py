@@ -23,9 +23,9 @@ CUDA = pytest.importorskip("torch").cuda.is_available()
 # (id, overrides, what the one line must name); {dir} is a folder of prepared files (see `files`)
 TABLE = [
     # Hydra's own refusals, condensed to one line
-    ("typo-key", ["seqlen=128"], "seqlen: did you mean seq_len?"),
+    ("typo-key", ["seqlen=128"], "Key 'seqlen' not in 'Config'; did you mean seq_len?"),
     ("typo-option", ["importance=taylor_3rd"], "importance/taylor_3rd"),
-    ("typo-nested-key", ["pruning.rato=0.5"], "pruning.rato"),
+    ("typo-nested-key", ["pruning.rato=0.5"], "Could not override 'pruning.rato': Key 'rato' not in 'Global'; did you mean pruning.ratio?"),
     ("override-syntax", ["seq_len=[1,2"], "cannot parse the override 'seq_len=[1,2'"),
     ("unwritable-output", ["hydra.run.dir=/proc/prune-lab/run"], "cannot write /proc/prune-lab"),
     # keys nothing reads
@@ -36,7 +36,7 @@ TABLE = [
     ("plus-model", ["+model.device_mapp=auto"], "model.device_mapp"),
     # types and ranges of plain settings
     ("seq_len-zero", ["seq_len=0"], "seq_len=0 must be a positive integer"),
-    ("seq_len-text", ["seq_len=abc"], "seq_len=abc"),
+    ("seq_len-text", ["seq_len=abc"], "seq_len=abc: Value 'abc' of type 'str' could not be converted to Integer"),
     ("batch_size-bool", ["batch_size=true"], "batch_size=true"),
     ("num_samples-negative", ["num_samples=-4"], "num_samples=-4"),
     ("token_budget-negative", ["token_budget=-1"], "token_budget=-1"),
@@ -47,12 +47,12 @@ TABLE = [
     ("eval-lengths-scalar", ["eval.lengths=512"], "eval.lengths=512"),
     ("eval-batch_size", ["eval.batch_size=0"], "eval.batch_size=0"),
     ("eval-max_tokens", ["eval.max_tokens=0"], "eval.max_tokens=0"),
-    ("eval-cache_before", ["eval.cache_before=maybe"], "eval.cache_before=maybe must be true or false"),
+    ("eval-cache_before", ["eval.cache_before=maybe"], "eval.cache_before=maybe: Value 'maybe' is not a valid bool"),
     ("eval-tasks-string", ["eval.tasks=boolq"], "eval.tasks=boolq"),
     ("eval-tasks_limit", ["eval.tasks_limit=0"], "eval.tasks_limit=0"),
     ("eval-tasks_batch_size", ["eval.tasks_batch_size=-1"], "eval.tasks_batch_size=-1"),
     ("ground_truth-mlp_sample", ["eval.ground_truth.mlp_sample=-1"], "eval.ground_truth.mlp_sample=-1"),
-    ("save_model-word", ["save_model=yes"], "save_model=yes"),
+    ("save_model-word", ["save_model=sometimes"], "save_model=sometimes"),
     ("threads-zero", ["threads=0"], "threads=0 must be a positive integer or null"),
     ("seed-float", ["seed=1.5"], "seed=1.5"),
     # settings of the chosen options
@@ -63,17 +63,22 @@ TABLE = [
     ("normalize", ["pruning.normalize=weird"], "pruning.normalize=weird"),
     ("max_layer_fraction", ["pruning.max_layer_fraction=0"], "pruning.max_layer_fraction=0"),
     ("depth-unit", ["pruning=depth", "importance=layer", "pruning.unit=row"], "pruning.unit=row"),
-    ("fisher", ["importance.fisher=wrong"], "importance.fisher=wrong"),
-    ("granularity", ["importance.granularity=row"], "importance.granularity=row"),
+    ("fisher", ["importance.fisher=wrong"], "importance.fisher=wrong: Invalid value 'wrong', expected one of [sample, exact, batch, token]"),
+    ("granularity", ["importance.granularity=row"], "importance.granularity=row: Invalid value 'row', expected one of [element, vector]"),
     ("micro_batch_size", ["importance.micro_batch_size=0"], "importance.micro_batch_size=0"),
-    ("order", ["importance.order=3"], "importance.order"),
-    ("layer_importance", ["pruning=layer_weighted", "pruning.layer_importance=lyer"], "'lyer'"),
+    ("order", ["importance.order=3"], "importance.order=3 must be 1 or 2"),
+    ("layer_importance", ["pruning=layer_weighted", "pruning/layer_importance=lyer"], "Could not find 'pruning/layer_importance/lyer'"),
+    ("layer_importance-value", ["pruning=hybrid", "pruning.layer_importance=angular"],
+     "pruning.layer_importance is a config group: choose its option with pruning/layer_importance=<option>"),
+    ("layer_importance-setting", ["pruning=hybrid", "pruning.layer_importance.prefix_cache=sometimes"], "pruning.layer_importance.prefix_cache=sometimes"),
+    ("objective", ["objective=loss"], "objective=loss is not a metric"),
+    ("objective-length", ["objective=ppl_after.4096"], "objective=ppl_after.4096: ppl_after has the entries ['128', '512', '2048']"),
     # device, dtype, model folder
     ("dtype", ["model.dtype=fp8"], "model.dtype=fp8"),
     ("device-name", ["model.device=gpu0"], "model.device=gpu0"),
     pytest.param("device-cuda", ["model.device=cuda"], "model.device=cuda but no CUDA GPU",
                  marks=pytest.mark.skipif(CUDA, reason="a GPU is visible here"), id="device-cuda"),
-    ("hf-no-path", ["model=hf"], "model.path"),
+    ("hf-no-path", ["model=hf"], "model.path is required: set model.path=<value>"),
     ("hf-missing-folder", ["model=hf", "model.path=/nonexistent/model"], "model.path=/nonexistent/model: no such folder"),
     ("hf-file", ["model=hf", "model.path={dir}/train.txt"], "is a file"),
     ("hf-no-config", ["model=hf", "model.path={dir}"], "has no config.json"),
@@ -81,7 +86,7 @@ TABLE = [
     ("cache_dir", ["cache_dir=/proc/prune-lab-cache"], "cache_dir /proc/prune-lab-cache is not writable"),
     ("task_dir", ["eval.task_dir=/nonexistent/tasks"], "eval.task_dir=/nonexistent/tasks: no such folder"),
     # files
-    ("text-no-files", ["data=text"], "data.train_files"),
+    ("text-no-files", ["data=text"], "data.eval_files, data.train_files are required"),
     ("text-missing", ["data=text", "data.train_files={dir}/nope.txt", "data.eval_files={dir}/eval.txt"], "{dir}/nope.txt"),
     ("text-same", ["data=text", "data.train_files={dir}/train.txt", "data.eval_files={dir}/train.txt"], "in both data.train_files and data.eval_files"),
     ("text-binary", ["data=text", "data.train_files={dir}/model.bin", "data.eval_files={dir}/eval.txt"], "{dir}/model.bin is not UTF-8 text"),
@@ -157,9 +162,11 @@ def test_the_table_holds_at_least_40_kinds_of_bad_input():
 
 
 @pytest.mark.parametrize("overrides,names", [
-    (["seqlen=128"], "did you mean seq_len?"),
+    (["seqlen=128"], "prune-run: error: Could not override 'seqlen': Key 'seqlen' not in 'Config'; did you mean seq_len?"),
+    (["seq_len=abc"], "prune-run: error: Error merging override seq_len=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["importance.fisher=wrong"], "prune-run: error: Error merging override importance.fisher=wrong: Invalid value 'wrong', expected one of"),
     (["model.device=nonsense"], "model.device=nonsense"),
-], ids=["hydra-key", "device"])
+], ids=["unknown-key", "wrong-type", "not-a-choice", "device"])
 def test_the_console_command_refuses_in_one_line(overrides, names, tmp_path):
     out = subprocess.run([sys.executable, "-m", "prune.run", *BASE, *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
                          capture_output=True, text=True, cwd=REPO, timeout=300)

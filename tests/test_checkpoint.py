@@ -50,6 +50,7 @@ def test_remote_code_loading_without_prune_lab(tmp_path):
     torch.save(X, tmp_path / "x.pt")
     script = f"""
 import sys, torch
+torch.set_num_threads({torch.get_num_threads()})  # the same reduction order as the expected logits
 sys.modules['prune'] = None  # make `import prune` fail: only transformers is used
 from transformers import AutoModelForCausalLM
 m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'model')!r}, trust_remote_code=True)

@@ -28,7 +28,8 @@ def test_defaults_compose_and_seq_len_fans_out():
 ])
 def test_every_option_of_every_group_composes_and_instantiates(group, options):
     for option in options:
-        cfg = compose_config(f"{group}={option}")
+        required = ["model.path=/models/any"] if (group, option) == ("model", "hf") else []  # model.path: ???
+        cfg = compose_config(f"{group}={option}", *required)
         node = OmegaConf.to_container(cfg[group], resolve=True)
         assert "_target_" in node
         if group in ("importance", "pruning", "logger", "model"):
@@ -47,18 +48,52 @@ class _Config:
 @pytest.mark.parametrize("overrides,message", [
     (["seq_len=1024"], "exceeds the model's max_position_embeddings (512); choose seq_len <= 512"),
     (["lengths.block=4096"], "lengths.block=4096"),
-    (["pruning.ratio=1.5"], "pruning.ratio=1.5 must lie strictly between 0 and 1"),
-    (["pruning.ratio=0"], "strictly between 0 and 1"),
     (["num_samples=30"], "multiple of batch_size=4"),
     (["num_samples=4", "seq_len=128"], "fisher=token needs at least two batches"),
-    (["batch_size=0"], "positive integer"),
+    (["token_budget=1000", "seq_len=128"], "token_budget=1000 // lengths.taylor=128 = 7 must be a positive multiple of batch_size=4"),
 ])
-def test_bad_settings_are_refused_in_one_line(overrides, message):
+def test_settings_that_do_not_fit_together_are_refused_in_one_line(overrides, message):
     cfg = compose_config(*overrides)
     importance = instantiate(cfg.importance)
     with pytest.raises(ConfigError) as info:
         validate(cfg, _Config(), importance)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["pruning.ratio=1.5"], "pruning.ratio=1.5 must be a number strictly between 0 and 1"),
+    (["pruning.ratio=0"], "pruning.ratio=0.0 must be a number strictly between 0 and 1"),
+    (["batch_size=0"], "batch_size=0 must be a positive integer"),
+    (["eval.max_tokens=0"], "eval.max_tokens=0 must be a positive integer or null"),
+    (["pruning=hybrid", "pruning.depth_share=1.5"], "pruning.depth_share=1.5 must be a number in [0, 1]"),
+    (["eval.probe.lengths=[1]"], "eval.probe.lengths=[1] must be a non-empty list of integers >= 2, e.g. [128,512]"),
+])
+def test_ranges_the_schema_names_are_checked_before_any_work(overrides, message):
+    from prune.preflight import check_ranges
+
+    check_ranges(compose_config())  # the defaults are in range
+    with pytest.raises(ConfigError) as info:
+        check_ranges(compose_config(*overrides))
+    assert str(info.value) == message
+
+
+def test_schema_types_reach_the_code_as_the_plain_words_it_compares():
+    cfg = compose_config("importance.fisher=exact", "pruning.normalize=zscore")
+    method, strategy = instantiate(cfg.importance), instantiate(cfg.pruning)
+    assert method.fisher == "exact" and f"{method.fisher}" == "exact" and strategy.normalize == "zscore"
+    assert OmegaConf.to_yaml(cfg.importance).count("fisher: exact") == 1
+
+
+def test_sweep_objective_is_the_configured_metric():
+    from prune.run import objective_value
+
+    metrics = {"ppl_after": {"64": 30.0, "256": 20.0}, "acc_after": {"boolq": 0.5}, "prunable_ratio_removed": 0.31}
+    assert objective_value(metrics, "ppl_after") == 30.0  # the first eval length
+    assert objective_value(metrics, "ppl_after.256") == 20.0
+    assert objective_value(metrics, "acc_after.boolq") == 0.5
+    assert objective_value(metrics, "prunable_ratio_removed") == 0.31
+    assert objective_value(metrics, "ppl_recovered") is None
+    assert compose_config("objective=ppl_after.512").objective == "ppl_after.512"
 
 
 def _cli(*args, cwd=REPO):
@@ -70,6 +105,16 @@ def test_cfg_job_prints_the_resolved_config():
     assert out.returncode == 0, out.stderr
     cfg = OmegaConf.create(out.stdout)
     assert cfg.lengths.taylor == 256 and cfg.importance.order == 1
+
+
+def test_cfg_job_shows_the_layer_importance_settings_and_they_override():
+    out = _cli("--cfg", "job", "pruning=layer_weighted", "pruning.layer_importance.prefix_cache=false")
+    assert out.returncode == 0, out.stderr
+    node = OmegaConf.create(out.stdout).pruning.layer_importance
+    assert (node.name, node.prefix_cache, node._target_) == ("layer", False, "prune.importance.depth.LayerRemoval")
+    out = _cli("--cfg", "job", "pruning=hybrid", "pruning/layer_importance=angular")
+    assert out.returncode == 0, out.stderr
+    assert OmegaConf.create(out.stdout).pruning.layer_importance._target_ == "prune.importance.activations.Angular"
 
 
 def test_unknown_method_is_refused_by_hydra_in_one_line():

@@ -14,7 +14,7 @@ SPEC_CACHE: dict = {}
 
 
 def tiny_spec():
-    """The test suite's tiny testbed spec (conf/testbed/tiny.yaml): vocab 256, 1024 positions."""
+    """The test suite's tiny testbed spec (prune/conf/testbed/tiny.yaml): vocab 256, 1024 positions."""
     if "spec" not in SPEC_CACHE:
         from omegaconf import OmegaConf
 

@@ -37,11 +37,20 @@ def test_names_round_trip():
 
 
 @pytest.mark.parametrize("bad, match", [({"depths": [1.5]}, "depths"), ({"lengths": [8]}, "lengths"),
-                                        ({"items": 0}, "items=0"), ({"format": "morse"}, "format=morse")])
+                                        ({"items": 0}, "items=0")])
 def test_bad_probe_settings_are_refused_in_one_line(bad, match):
     with pytest.raises(ProbeError, match=match) as err:
         check_probe(_probe(**bad))
     assert "\n" not in str(err.value)
+
+
+def test_an_unknown_probe_format_is_refused_by_the_schema():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config("eval.probe.format=morse")
+    assert "eval.probe.format=morse" in str(err.value)
+    assert "Invalid value 'morse', expected one of [auto, passkey, testbed]" in str(err.value.__cause__)
 
 
 def test_testbed_items_hide_one_fact_at_the_chosen_depth(tmp_path):

@@ -4,9 +4,8 @@ import json
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from conftest import REPO, compose_config, tiny_model
+from conftest import compose_config, tiny_model
 from prune.checkpoint import load_pruned, save_pruned
 from prune.pruning import PruningPlan, apply_plan
 from prune.recovery import RecoveryError, check_recovery, recover
@@ -17,7 +16,7 @@ FAST = ["testbed=tiny", "seq_len=64", "num_samples=8", "batch_size=2", "eval.len
 
 
 def _lora(**overrides):
-    cfg = OmegaConf.load(REPO / "conf" / "recovery" / "lora.yaml")
+    cfg = compose_config("recovery=lora").recovery
     cfg.merge_with(overrides)
     return cfg
 

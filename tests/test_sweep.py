@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import CONF, REPO
 
 SMALL = ["testbed=tiny", "batch_size=2", "num_samples=8", "eval.lengths=[128,512]", "eval.ground_truth.max_tokens=2048", "eval.tasks_limit=4",
          "eval.ground_truth.mlp_sample=16", "progress=false"]
@@ -120,7 +120,7 @@ def test_readme_findings_are_the_committed_reports_verdicts():
 def test_depth_study_moves_only_the_layer_importance_length():
     from omegaconf import OmegaConf
 
-    sweep = OmegaConf.load(REPO / "conf" / "experiment" / "depth_seq_len.yaml").hydra.sweeper.params
+    sweep = OmegaConf.load(CONF / "experiment" / "depth_seq_len.yaml").hydra.sweeper.params
     assert "lengths.layer" in sweep and "seq_len" not in sweep and "lengths.taylor" not in sweep
 
 
@@ -129,42 +129,39 @@ def test_launcher_presets_compose():
 
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from hydra import compose, initialize_config_dir
+    from prune.schema import compose
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        for preset, target in (("joblib_local", "JoblibLauncher"), ("slurm", "SlurmLauncher")):
-            cfg = compose("config", overrides=[f"hydra/launcher={preset}"], return_hydra_config=True)
-            assert target in cfg.hydra.launcher._target_
+    for preset, target in (("joblib_local", "JoblibLauncher"), ("slurm", "SlurmLauncher")):
+        cfg = compose(f"hydra/launcher={preset}", return_hydra_config=True)
+        assert target in cfg.hydra.launcher._target_
 
 
 def test_70b_slurm_example_composes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from hydra import compose, initialize_config_dir
+    from prune.schema import compose
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=llama3_70b_slurm"], return_hydra_config=True)
+    cfg = compose("experiment=llama3_70b_slurm", return_hydra_config=True)
     assert cfg.model.device_map == "auto" and cfg.model.path == "meta-llama/Meta-Llama-3-70B"
     assert cfg.hydra.launcher.gpus_per_node == 8 and "Slurm" in cfg.hydra.launcher._target_
     assert cfg.importance.gradient_checkpointing is True
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
 def test_every_experiment_and_each_of_its_sweep_points_composes(name):
-    from hydra import compose, initialize_config_dir
+    from prune.schema import compose
 
     if name == "llama3_70b_slurm":
         pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
-        assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and cfg.hydra.sweep.dir.endswith(f"sweeps/{name}")
-        params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
-        assert params
-        first = [f"{k}={v[0]}" for k, v in params.items()]
-        last = [f"{k}={v[-1]}" for k, v in params.items()]
-        for point in (first, last):
-            job = compose("config", overrides=[f"experiment={name}", *point])
-            instantiate_all = [job.importance, job.pruning, job.data, job.model]
-            assert all("_target_" in node for node in instantiate_all)
+    cfg = compose(f"experiment={name}", return_hydra_config=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and cfg.hydra.sweep.dir.endswith(f"sweeps/{name}")
+    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    assert params
+    first = [f"{k}={v[0]}" for k, v in params.items()]
+    last = [f"{k}={v[-1]}" for k, v in params.items()]
+    for point in (first, last):
+        job = compose(f"experiment={name}", *point)
+        instantiate_all = [job.importance, job.pruning, job.data, job.model]
+        assert all("_target_" in node for node in instantiate_all)
 
 
 def test_depth_experiment_report_has_layer_curves_and_task_accuracy(tiny_testbed, tmp_path):

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
 from prune.testbed.build import TestbedSpec, ensure_data, load_split_texts, make_tokenizer
 from prune.testbed.corpus import BOS_ID, CorpusSpec, dependency_distances, generate_documents, render, vocabulary
 
@@ -70,9 +69,19 @@ def test_a_failed_build_leaves_no_half_built_folder(tmp_path, monkeypatch):
     assert leftovers == []
 
 
-def test_unknown_testbed_settings_are_refused():
-    with pytest.raises(ValueError, match="unknown testbed.model setting"):
-        TestbedSpec.from_dict({"model": {"hidden": 3}})
+def test_unknown_testbed_settings_are_refused_by_the_schema():
+    from hydra.errors import ConfigCompositionException
+
+    from conftest import compose_config
+    from prune.errors import ConfigError
+    from prune.preflight import check_added_keys
+
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config("testbed.model.hidden=3")
+    assert "Key 'hidden' not in 'TestbedModelSpecSchema'" in str(info.value.__cause__)
+    with pytest.raises(ConfigError) as info:
+        check_added_keys(compose_config("+testbed.model.hidden=3"))
+    assert str(info.value) == "testbed.model.hidden is not a setting of testbed; did you mean testbed.model.hidden_size?"
 
 
 @pytest.mark.slow
@@ -80,11 +89,12 @@ def test_default_testbed_learns_long_range_facts(cache_dir):
     """Acceptance: far above chance on facts > 128 tokens back, and context beyond 128 tokens helps."""
     from omegaconf import OmegaConf
 
+    from conftest import compose_config
     from prune.checkpoint import load_pruned
     from prune.testbed.analysis import dependency_losses_by_window
     from prune.testbed.build import ensure_model, token_stream
 
-    spec = TestbedSpec.from_dict(OmegaConf.to_container(OmegaConf.load(REPO / "conf/testbed/default.yaml")))
+    spec = TestbedSpec.from_dict(OmegaConf.to_container(compose_config().testbed, resolve=True))
     model = load_pruned(ensure_model(spec, cache_dir, progress=False)).eval()
     stream = token_stream(spec.corpus, cache_dir, "test")
     res = dependency_losses_by_window(model, stream, spec.corpus, (128, 1024), max_tokens=16384)

@@ -1,7 +1,7 @@
 """Where calibration and evaluation text comes from.
 
 Every source returns raw documents for two splits: ``train`` (calibration text, always) and ``test``
-(evaluation text, always). They are instantiated by Hydra from ``conf/data/*.yaml``.
+(evaluation text, always). They are instantiated by Hydra from ``prune/conf/data/*.yaml``.
 """
 from __future__ import annotations
 
@@ -43,12 +43,6 @@ class HubSource:
     revision: str | None = None
     load_kwargs: dict = field(default_factory=dict)
 
-    def __post_init__(self):
-        self.data_files = _plain(self.data_files)
-        self.splits = _plain(self.splits)
-        self.max_documents = _plain(self.max_documents)
-        self.load_kwargs = _plain(self.load_kwargs) or {}
-
     def texts(self, split: Split, seed: int = 0) -> list[str]:
         from datasets import load_dataset
 
@@ -60,7 +54,7 @@ class HubSource:
                 data_files=self.data_files,
                 split=self.splits[split],
                 revision=self.revision,
-                **dict(self.load_kwargs),
+                **self.load_kwargs,
             )
         except Exception as exc:  # datasets raises many types; the user needs one line
             offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
@@ -98,7 +92,6 @@ class TextFilesSource(HubSource):
     eval_files: list | str | None = None
 
     def __post_init__(self):
-        super().__post_init__()
         train, test = _as_list(self.train_files), _as_list(self.eval_files)
         if not train or not test:
             raise DataError("data=text needs data.train_files=<file(s)> and data.eval_files=<file(s)>")
@@ -112,7 +105,7 @@ class TextFilesSource(HubSource):
                 "data.train_files and data.eval_files"
             )
         self.data_files = {"train": train, "test": test}
-        self.load_kwargs = {"sample_by": "document", **dict(self.load_kwargs)}
+        self.load_kwargs = {"sample_by": "document", **self.load_kwargs}
 
     def describe(self) -> str:
         return "text files"
@@ -175,19 +168,9 @@ def check_text_file(file, setting: str, probe_bytes: int = 1 << 16) -> None:
         raise DataError(f"{setting}: {file} is not UTF-8 text (byte {exc.start} is not text); give a plain text file") from exc
 
 
-def _plain(value):
-    """Hydra hands over DictConfig / ListConfig; `datasets` needs plain dicts and lists."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 def _as_list(files) -> list[str]:
     if files is None:
         return []
-    files = _plain(files)
     if isinstance(files, str):
         return [files]
     return [str(f) for f in files]

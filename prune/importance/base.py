@@ -1,7 +1,7 @@
 """The importance-method interface and its registry.
 
 A method maps (model, calibration windows) to one score per prunable group (``GroupScores``): higher
-means more important. Methods are small dataclasses instantiated by Hydra from ``conf/importance/``;
+means more important. Methods are small dataclasses instantiated by Hydra from ``prune/conf/importance/``;
 ``REGISTRY`` maps config names to classes for code that builds them directly.
 """
 from __future__ import annotations
@@ -28,7 +28,10 @@ def register(name: str, **defaults):
     return wrap
 
 
-def build(name: str, **kwargs) -> "ImportanceMethod":
+def build(name, **kwargs) -> "ImportanceMethod":
+    """The method registered as ``name``; a method already built (``pruning.layer_importance``) as it is."""
+    if isinstance(name, ImportanceMethod) and not kwargs:
+        return name
     if name not in REGISTRY:
         raise ConfigError(f"unknown importance method '{name}' (pruning.layer_importance?): choose one of {', '.join(sorted(REGISTRY))}")
     cls, defaults = REGISTRY[name]

@@ -1,0 +1,292 @@
+"""The config's schema: typed dataclasses in Hydra's ConfigStore, named in the defaults lists of prune/conf.
+
+Hydra merges every YAML file over its schema, so a value of the wrong type, a value outside a choice
+(an ``Enum`` field) or an unknown key is refused while the config is composed, in Hydra's words. The values
+and their comments stay in the YAML files; here are the types, the choices, the required keys (``???``)
+and the range each number must lie in (``check=`` in a field's metadata; ``preflight.check_ranges`` reads
+it, since a type cannot say "positive"). Cross-setting checks live with the code that needs them.
+
+Where the schemas attach: ``config.yaml`` starts with ``base_config``; every option of ``importance``,
+``pruning`` (and ``pruning/layer_importance``), ``model`` and ``testbed`` starts with its group's
+``schema/<kind>@_here_`` (directly or through a shared ``base/<kind>`` file).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, List, Optional, Union
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from prune.importance.gradients import FISHER_MODES
+from prune.importance.mean_grad import MEAN_GRAD_CHOICES
+from prune.importance.taylor import GRANULARITIES
+from prune.pruning.strategies import NORMALIZATIONS
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # package data: installed with prune, not beside it
+
+
+class Choice(str, Enum):
+    """A setting with named values; each value is also the plain string the code compares against."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+def choice(name: str, values) -> type[Choice]:
+    return Choice(name, {v: v for v in values})
+
+
+Fisher = choice("Fisher", FISHER_MODES)
+MeanGrad = choice("MeanGrad", MEAN_GRAD_CHOICES)
+Granularity = choice("Granularity", GRANULARITIES)
+Normalize = choice("Normalize", NORMALIZATIONS)
+Unit = choice("Unit", ("layer", "block"))
+ProbeFormat = choice("ProbeFormat", ("auto", "passkey", "testbed"))
+
+# check name -> (test on a value of the right type, what the value must be); None always passes
+CHECKS = {
+    "int>0": (lambda v: v > 0, "a positive integer"),
+    "int>=0": (lambda v: v >= 0, "an integer >= 0"),
+    "int>=2": (lambda v: v >= 2, "an integer >= 2"),
+    "int>0|auto": (lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v > 0),
+                   "a positive integer or 'auto'"),
+    "1|2": (lambda v: v in (1, 2), "1 or 2"),
+    "lengths": (lambda v: len(v) > 0 and all(x >= 2 for x in v), "a non-empty list of integers >= 2, e.g. [128,512]"),
+    "fraction(0,1)": (lambda v: 0 < v < 1, "a number strictly between 0 and 1"),
+    "fraction(0,1]": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "fraction[0,1]": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ">=0": (lambda v: v >= 0, "a number >= 0"),
+}
+
+# objective: the metrics.json keys a sweep can minimise or maximise, and what names their entries
+OBJECTIVES = {"ppl_after": "lengths", "ppl_before": "lengths", "ppl_recovered": "lengths", "acc_after": "tasks",
+              "acc_before": "tasks", "acc_recovered": "tasks", "prunable_ratio_removed": None,
+              "total_ratio_removed": None, "params_after": None}
+
+
+def setting(check: str | None = None, default: Any = MISSING):
+    """A field whose value comes from the YAML files (``???`` until then), checked against ``CHECKS[check]``."""
+    assert check is None or check in CHECKS, check
+    return field(default=default, metadata={"check": check} if check else {})
+
+
+# ------------------------------------------------------------------------------------ top level
+@dataclass
+class Lengths:
+    taylor: int = setting("int>=2")
+    layer: int = setting("int>=2")
+    block: int = setting("int>=2")
+
+
+@dataclass
+class Probe:
+    format: ProbeFormat = setting()
+    lengths: List[int] = setting("lengths")
+    depths: List[float] = setting()
+    items: int = setting("int>0")
+    digits: int = setting("int>0")
+    seed: int = setting()
+    window: Optional[int] = setting("int>0")
+
+
+@dataclass
+class GroundTruth:
+    lengths: List[int] = setting("lengths")
+    max_tokens: Optional[int] = setting("int>0")
+    mlp_sample: int = setting("int>=0")
+    seed: int = setting()
+
+
+@dataclass
+class Eval:
+    lengths: List[int] = setting("lengths")
+    batch_size: int = setting("int>0")
+    max_tokens: Optional[int] = setting("int>0")
+    cache_before: bool = setting()
+    tasks: List[str] = setting()
+    tasks_limit: Optional[int] = setting("int>0")
+    tasks_batch_size: Union[int, str] = setting("int>0|auto")
+    tasks_fewshot: int = setting("int>=0")
+    tasks_before: bool = setting()
+    task_dir: Optional[str] = setting()
+    probe: Probe = field(default_factory=Probe)
+    importance_accuracy: bool = setting()
+    ground_truth: GroundTruth = field(default_factory=GroundTruth)
+
+
+@dataclass
+class Config:
+    """The top level of ``config.yaml``; the groups' nodes get their types from their own schemas."""
+
+    testbed: Any = MISSING
+    model: Any = MISSING
+    data: Any = MISSING
+    importance: Any = MISSING
+    pruning: Any = MISSING
+    recovery: Any = MISSING
+    logger: Any = MISSING
+    seed: int = setting()
+    seq_len: int = setting("int>0")
+    batch_size: int = setting("int>0")
+    num_samples: int = setting("int>0")
+    token_budget: Optional[int] = setting("int>0")
+    lengths: Lengths = field(default_factory=Lengths)
+    calibration_block: Optional[int] = setting("int>0")
+    eval: Eval = field(default_factory=Eval)
+    objective: str = setting()
+    save_model: bool = setting()
+    progress: bool = setting()
+    force: bool = setting()
+    threads: Optional[int] = setting("int>0")
+    cache_dir: str = setting()
+
+
+# ----------------------------------------------------------------------------- importance methods
+@dataclass
+class Instantiated:
+    """A node Hydra instantiates: the class, and the name of the option that chose it."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+
+
+@dataclass
+class Method(Instantiated):
+    """Every importance method; the base of those with settings."""
+
+
+@dataclass
+class Taylor(Method):
+    order: int = setting("1|2")
+    granularity: Granularity = setting()
+    fisher: Fisher = setting()
+    gradient_checkpointing: bool = setting()
+    micro_batch_size: Optional[int] = setting("int>0")
+    fused: Union[bool, str] = setting()  # auto | true | false: the class checks the word
+    mean_grad: MeanGrad = setting()
+
+
+@dataclass
+class Removal(Method):
+    prefix_cache: bool = setting()
+
+
+@dataclass
+class GroupRemoval(Removal):
+    mlp_sample: Optional[int] = setting("int>0")
+
+
+# ---------------------------------------------------------------------------- pruning strategies
+@dataclass
+class Strategy(Instantiated):
+    ratio: float = setting("fraction(0,1)")
+    keep_first: int = setting("int>=0")
+    keep_last: int = setting("int>=0")
+
+
+@dataclass
+class Width(Strategy):
+    min_attention_groups: int = setting("int>=0")
+    min_mlp_channels: int = setting("int>=0")
+    max_layer_fraction: float = setting("fraction(0,1]")
+    width_multiple: int = setting("int>0")
+
+
+@dataclass
+class Global(Width):
+    normalize: Normalize = setting()
+
+
+@dataclass
+class Depth(Strategy):
+    unit: Unit = setting()
+
+
+@dataclass
+class LayerWeighted(Width):
+    layer_importance: Method = MISSING  # the pruning/layer_importance group: any importance method
+    strength: float = setting(">=0")
+    eps: float = setting(">=0")
+
+
+@dataclass
+class Hybrid(Global):
+    unit: Unit = setting()
+    layer_importance: Method = MISSING
+    depth_share: float = setting("fraction[0,1]")
+
+
+# ------------------------------------------------------------------------------------------ model
+@dataclass
+class Model(Instantiated):
+    dtype: str = setting()  # the words are checked with the device (preflight.check_device)
+    device: str = setting()
+    width_multiple: int = setting("int>0")
+
+
+@dataclass
+class HFModel(Model):
+    path: str = setting()
+    tokenizer_path: Optional[str] = setting()
+    revision: Optional[str] = setting()
+    device_map: Optional[str] = setting()
+    attn_implementation: Optional[str] = setting()
+    trust_remote_code: bool = setting()
+
+
+@dataclass
+class TestbedModel(Model):
+    __test__ = False  # not a pytest test class
+    testbed: Any = MISSING
+    cache_dir: str = setting()
+    progress: bool = setting()
+
+
+# -------------------------------------------------------------------------------------- testbed
+def _editable(cls) -> type:
+    """A settable copy of a frozen spec dataclass (same fields, types and defaults) to serve as a schema."""
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            part = _editable(kind)
+            specs.append((f.name, part, field(default_factory=part)))
+        else:
+            specs.append((f.name, kind, field(default=f.default)))
+    return dataclasses.make_dataclass(f"{cls.__name__}Schema", specs)
+
+
+def register() -> None:
+    """Put every schema into Hydra's ConfigStore (idempotent; done on import)."""
+    from prune.testbed.build import TestbedSpec
+
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    for group, nodes in {
+        "importance": {"method": Method, "taylor": Taylor, "removal": Removal, "group_removal": GroupRemoval},
+        "pruning": {"width": Width, "global": Global, "depth": Depth, "layer_weighted": LayerWeighted, "hybrid": Hybrid},
+        "model": {"hf": HFModel, "testbed": TestbedModel},
+        "testbed": {"spec": _editable(TestbedSpec)},
+    }.items():
+        for name, node in nodes.items():
+            store.store(group=f"{group}/schema", name=name, node=node)
+
+
+def compose(*overrides: str, return_hydra_config: bool = False):
+    """The job config as ``prune-run <overrides>`` would compose it (for scripts and tests)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+register()
