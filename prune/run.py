@@ -38,79 +38,32 @@ def safe_dirname(overrides: str) -> str:
 OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
 
 
-def _print_summary(metrics: dict) -> None:
-    from prune.job import summary_table
-
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # rich is a dependency, but a summary must never fail a finished job
-        print(summary_table(metrics))
-        return
-    console = Console()
-    table = Table(title=f"prune-lab: {metrics['run']['name']}")
-    table.add_column("eval length", justify="right")
-    table.add_column("PPL before", justify="right")
-    table.add_column("PPL after", justify="right")
-    table.add_column("change", justify="right")
-    for length, before in metrics["ppl_before"].items():
-        after = metrics["ppl_after"][length]
-        table.add_row(length, f"{before:.3f}", f"{after:.3f}", f"{100 * (after / before - 1):+.1f}%")
-    console.print(table)
-    if metrics.get("acc_after"):
-        acc = Table(title="downstream accuracy")
-        for column in ("task", "before", "after", "change (points)"):
-            acc.add_column(column, justify="right")
-        for task, after in metrics["acc_after"].items():
-            before = (metrics.get("acc_before") or {}).get(task)
-            acc.add_row(task, "-" if before is None else f"{before:.3f}", f"{after:.3f}",
-                        "-" if before is None else f"{100 * (after - before):+.1f}")
-        console.print(acc)
-    console.print(
-        f"params {metrics['params_before']:,} -> {metrics['params_after']:,} "
-        f"(prunable removed {100 * metrics['prunable_ratio_removed']:.1f}%, "
-        f"whole model {100 * metrics['total_ratio_removed']:.1f}%)"
-    )
-    if metrics.get("ratio_note"):
-        console.print(metrics["ratio_note"])
-    console.print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in metrics["timings"].items()))
-    console.print("peak memory (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in metrics["peak_memory_mb"].items()))
-    console.print(f"outputs: {metrics['output_dir']}")
-
-
 def already_finished(out_dir: Path, cfg: DictConfig) -> dict | None:
     """The metrics of a job that already ran to completion in ``out_dir`` with this exact config."""
-    import json
-
     from prune.job import config_digest
+    from prune.sweep.jobs import read_metrics
 
-    path = out_dir / "metrics.json"
-    if not path.exists():
+    metrics = read_metrics(out_dir)
+    if not metrics or metrics.get("status") != "ok":
         return None
     try:
-        metrics = json.loads(path.read_text())
         digest = config_digest(cfg)
-    except Exception:  # noqa: BLE001 - unreadable file or a malformed setting: not finished; the job's checks say why
+    except Exception:  # noqa: BLE001 - a malformed setting: not finished; the job's checks say why
         return None
-    if metrics.get("status") == "ok" and metrics.get("config_digest") == digest:
-        return metrics
-    return None
+    return metrics if metrics.get("config_digest") == digest else None
 
 
 def discard_refused_folder(out_dir: Path) -> bool:
     """Remove a single run's folder that holds nothing but Hydra's files and a refusal (nothing was computed)."""
-    import json
     import shutil
+
+    from prune.sweep.jobs import read_metrics
 
     if not out_dir.is_dir() or not {p.name for p in out_dir.iterdir()} <= {".hydra", "run.log", "metrics.json"}:
         return False
-    metrics = out_dir / "metrics.json"
-    if metrics.exists():
-        try:
-            if json.loads(metrics.read_text()).get("status") != "refused":
-                return False
-        except json.JSONDecodeError:
-            return False
+    metrics = read_metrics(out_dir)
+    if metrics is not None and metrics.get("status") != "refused":
+        return False
     shutil.rmtree(out_dir, ignore_errors=True)
     return True
 
@@ -119,7 +72,7 @@ def discard_refused_folder(out_dir: Path) -> bool:
 def app(cfg: DictConfig) -> float | None:
     """One job. Refusal: one line, exit 2 (a multirun records it and goes on). Bug: traceback, exit 1."""
     from prune.errors import first_line
-    from prune.job import USER_ERRORS, run_job
+    from prune.job import USER_ERRORS, print_job_summary, run_job
 
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
@@ -131,7 +84,7 @@ def app(cfg: DictConfig) -> float | None:
             log.info("skipping %s: it already finished (status ok) with the same config; force=true re-runs it", out_dir)
             return objective_value(finished, cfg.objective)
         metrics = run_job(cfg, out_dir, group=group)
-        _print_summary(metrics)
+        print_job_summary(metrics)
     except USER_ERRORS as exc:
         log.error("error: %s", first_line(exc))
         if multirun:

@@ -7,7 +7,8 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config
 from prune.errors import ConfigError
-from prune.testbed.build import TestbedSpec, model_config, train_model
+from prune.testbed.build import TestbedSpec, model_config
+from prune.testbed.train import train_model
 from prune.testbed.control import Wiring, remove_group, value_information_leak
 from prune.testbed.corpus import BOS_ID, generate_documents
 

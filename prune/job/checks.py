@@ -19,14 +19,14 @@ def layer_method_for(strategy, importance):
     """The method that gives a strategy its layer scores (None if not needed or the importance gives them)."""
     if not getattr(strategy, "needs_layers", False) or importance.provides == "layers":
         return None
-    name = getattr(strategy, "layer_importance", None)
-    if name is None:
+    method = getattr(strategy, "layer_importance", None)
+    if method is None:
         raise ConfigError(
             f"pruning={strategy.name} needs layer or block scores: use importance=layer|block|angular|block_influence"
         )
     from prune.importance import build
 
-    return build(name)
+    return build(method)
 
 
 def check_compatibility(strategy, importance, layer_method, shape) -> None:
@@ -36,7 +36,7 @@ def check_compatibility(strategy, importance, layer_method, shape) -> None:
             "use pruning=depth, or a group criterion (taylor_1st, taylor_2nd, magnitude, random, wanda, removal)"
         )
     if layer_method is not None and layer_method.provides != "layers":
-        raise ConfigError(f"pruning.layer_importance={layer_method.name} does not score layers")
+        raise ConfigError(f"pruning/layer_importance={layer_method.name} does not score layers")
     strategy.check(shape)
 
 

@@ -1,6 +1,8 @@
 """Depth strategies: remove whole layers or blocks, alone (``depth``) or with width pruning steered by layer scores."""
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass
 
 import torch
@@ -91,7 +93,7 @@ class LayerWeighted(Strategy):
     proportion to their weights.
     """
 
-    layer_importance: str = "layer"
+    layer_importance: Any = "layer"  # the pruning/layer_importance group: a built method (or its name)
     strength: float = 1.0
     eps: float = 0.05
     max_layer_fraction: float = 0.8
@@ -133,7 +135,7 @@ class LayerWeighted(Strategy):
         self._require_groups(scores)
         self.check(shape)
         if not layer_scores or "layer" not in layer_scores:
-            raise PruningError("pruning=layer_weighted needs layer scores (pruning.layer_importance=layer|angular|block_influence)")
+            raise PruningError("pruning=layer_weighted needs layer scores (pruning/layer_importance=layer|angular|block_influence)")
         r = self.fractions(layer_scores["layer"], shape)
         keep = self._keep_all(shape)
         targets = {i: r[i] * sum(shape.layer_params(i).values()) for i in range(len(shape.layers)) if r[i] > 0}
@@ -151,7 +153,7 @@ class Hybrid(Depth):
     groups (by the importance method's group scores) removes the rest of ``ratio``.
     """
 
-    layer_importance: str = "layer"
+    layer_importance: Any = "layer"  # the pruning/layer_importance group: a built method (or its name)
     depth_share: float = 0.5
     normalize: str = "none"
     name: str = "hybrid"

@@ -19,6 +19,17 @@ def metrics_files(sweep_dir: str | Path, nested: bool = False) -> list[Path]:
     return sorted(files, key=lambda p: _natural(str(p.parent.relative_to(sweep_dir))))
 
 
+def read_metrics(folder: str | Path) -> dict | None:
+    """One job folder's ``metrics.json``: None where there is none, a failed record where it is unreadable."""
+    path = Path(folder) / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {"status": "failed", "error": "metrics.json is unreadable (job killed while writing?)"}
+
+
 def has_jobs(sweep_dir: str | Path) -> bool:
     return any(Path(sweep_dir).glob("*/metrics.json"))
 
@@ -44,10 +55,7 @@ def load_jobs(sweep_dir: str | Path, latest_launch: bool = True, nested: bool = 
         if grid is not None and overrides_path.exists() and frozenset(overrides) not in grid:
             stale.append(name)
             continue
-        try:
-            metrics = json.loads(metrics_path.read_text())
-        except json.JSONDecodeError:
-            metrics = {"status": "failed", "error": "metrics.json is unreadable (job killed while writing?)"}
+        metrics = read_metrics(folder)
         plan = json.loads((folder / "plan.json").read_text()) if (folder / "plan.json").exists() else None
         jobs.append({"folder": name, "metrics": metrics, "overrides": overrides,
                      "override_values": override_values(overrides), "plan": plan})
