@@ -53,12 +53,9 @@ def train_model(spec: TestbedSpec, train_stream: torch.Tensor, progress: bool = 
     dense = torch.tensor([[BOS_ID] + d[:-1] for d in dense_docs])
     held_out_dense, dense = dense[:4], dense[4:]
 
-    def new_model():
-        return LlamaForCausalLM._from_config(model_config(spec), attn_implementation="sdpa")
-
     torch.manual_seed(t.seed)
     rng = np.random.default_rng(t.seed)
-    model = new_model()
+    model = LlamaForCausalLM._from_config(model_config(spec), attn_implementation="sdpa")
     model.train()
     wiring = None
     if t.dedicated_layer is not None:  # the positive control: one path for long-range recall
