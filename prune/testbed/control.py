@@ -61,7 +61,7 @@ class Wiring:
 
     def __init__(self, model: nn.Module, spec, code_scale: float = 0.5):
         check(spec)
-        self.model, self.corpus = model, spec.corpus
+        self.corpus = spec.corpus
         layer, group = spec.training.dedicated_layer, spec.training.dedicated_group
         codes, readout = reserved_dims(spec)
         reserved = slice(codes.start, readout.stop)
@@ -94,9 +94,8 @@ class Wiring:
         head_mask[:, readout] = True
         head_mask[self.values, readout] = False  # only value logits read the readout
         self.zero[embed], self.zero[head] = embed_mask, head_mask
-        n_val = c.values_per_attribute
         self.code_cols = codes
-        self.code_values = code_scale * torch.eye(n_val).repeat(c.num_attributes, 1).to(embed.dtype)
+        self.code_values = code_scale * torch.eye(c.values_per_attribute).repeat(c.num_attributes, 1).to(embed.dtype)
         self.embed = embed
         self.project()
 
