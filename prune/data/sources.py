@@ -115,8 +115,9 @@ class TextFilesSource(HubSource):
 class TextSplitSource:
     """One local text file cut in two at a document boundary: the first part calibrates, the rest evaluates.
 
-    ``test_fraction`` of the characters (rounded to the next ``separator``) go to the test split, so
-    calibration and evaluation never share text.
+    ``test_fraction`` of the characters (rounded to the next ``separator``, or to the next line break in a
+    file without one, e.g. WikiText with its empty rows dropped) go to the test split, so calibration and
+    evaluation never share text.
     """
 
     file: str | None = None
@@ -135,10 +136,13 @@ class TextSplitSource:
 
     def texts(self, split: Split, seed: int = 0) -> list[str]:
         text = Path(os.path.expanduser(self.file)).read_text()
-        cut = text.find(self.separator, int(len(text) * (1 - self.test_fraction)))
-        if cut < 0:
-            raise DataError(f"{self.file}: no '{self.separator!r}' after the {1 - self.test_fraction:.0%} mark to split at")
-        return [text[:cut]] if split == "train" else [text[cut + len(self.separator):]]
+        mark = int(len(text) * (1 - self.test_fraction))
+        for separator in dict.fromkeys((self.separator, "\n")):  # a file without blank lines: cut at a line end
+            cut = text.find(separator, mark)
+            if cut >= 0:
+                return [text[:cut]] if split == "train" else [text[cut + len(separator):]]
+        raise DataError(f"{self.file}: no {self.separator!r} or line break after the {1 - self.test_fraction:.0%} mark to "
+                        "split at; set data.separator=<string> or data.test_fraction")
 
     def describe(self) -> str:
         return f"{Path(self.file).name} (split {1 - self.test_fraction:.0%}/{self.test_fraction:.0%})"

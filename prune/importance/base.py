@@ -47,9 +47,23 @@ class Calibration:
     seed: int = 0
     progress: bool = True
     held_out: torch.Tensor | None = None  # evaluation windows, only for ground-truth methods
+    max_pass_tokens: int | None = None  # model.max_pass_tokens: the most tokens one forward/backward may take
 
     def get(self, role: str) -> torch.Tensor:
         return self.windows[role]
+
+    def micro_batch(self, role: str, requested: int | None = None) -> int | None:
+        """Sequences per forward/backward: ``requested`` if set, else as many as ``max_pass_tokens`` allows
+        (at least one, at most the batch); None (whole batches) without a cap."""
+        return micro_batch_size(self.batch_size, self.get(role).shape[1], self.max_pass_tokens, requested)
+
+
+def micro_batch_size(batch_size: int, seq_len: int, max_pass_tokens: int | None, requested: int | None = None) -> int | None:
+    if requested:
+        return requested
+    if not max_pass_tokens:
+        return None
+    return max(1, min(batch_size, max_pass_tokens // seq_len))
 
 
 @dataclass

@@ -68,7 +68,7 @@ class Taylor(ImportanceMethod):
             calibration.get("taylor"),
             calibration.batch_size,
             fisher=self.fisher if self.order == 2 else None,
-            micro_batch_size=self.micro_batch_size,
+            micro_batch_size=calibration.micro_batch("taylor", self.micro_batch_size),
             gradient_checkpointing=self.gradient_checkpointing,
             progress=calibration.progress,
             fused=self.fused,

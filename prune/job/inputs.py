@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from prune.data import calibration_windows, tokenize_documents
 from prune.errors import DataError
 from prune.evaluate import effective_lengths
+from prune.importance.base import micro_batch_size
 from prune.models import max_positions, resolve_device, resolve_dtype
 from prune.structure import shape_from_config
 
@@ -83,8 +84,9 @@ def announce_memory(cfg: DictConfig, model_config, lengths: dict, importance, me
 
     device = resolve_device(cfg.model.get("device", "auto"))
     dtype = resolve_dtype(cfg.model.get("dtype", "auto"), device)
-    micro = getattr(importance, "micro_batch_size", None) or cfg.batch_size
     seq = max(length for length, _ in lengths.values())
+    micro = micro_batch_size(cfg.batch_size, seq, cfg.model.get("max_pass_tokens"),
+                             getattr(importance, "micro_batch_size", None)) or cfg.batch_size
     chosen = getattr(importance, "mean_grad", "fp32")
     estimates = estimate_all(model_config, shape_from_config(model_config), seq, micro, dtype,
                              bool(getattr(importance, "gradient_checkpointing", False)), micro < cfg.batch_size)

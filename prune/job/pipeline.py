@@ -180,7 +180,8 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
                 tasks_before = downstream("before")
 
     # Importance (group scores and/or layer scores), and how accurate it is.
-    calibration = Calibration(data.windows, cfg.batch_size, seed=cfg.seed, progress=progress)
+    calibration = Calibration(data.windows, cfg.batch_size, seed=cfg.seed, progress=progress,
+                              max_pass_tokens=cfg.model.get("max_pass_tokens"))
     with recorder.phase("importance"):
         result: ImportanceResult = importance.score(model, calibration)
         recorder.count(calibration_flops(importance, shape, data.windows))
