@@ -104,4 +104,4 @@ def test_a_small_job_prunes_saves_and_reloads_to_the_reported_perplexity(smollm2
     assert again["ppl"] == pytest.approx(metrics["ppl_after"]["64"], rel=1e-5)
     shapes = model.config.layer_shapes  # [query heads, KV heads, MLP channels] of every layer, from the weights
     assert all(q == 3 * kv for q, kv, _ in shapes)  # each KV head went with its 3 query heads, or stayed with them
-    assert any(kv < 3 or mlp < 1536 for _, kv, mlp in shapes)
+    assert len(shapes) < 30 or any(kv < 3 or mlp < 1536 for _, kv, mlp in shapes)  # layers removed, or narrowed

@@ -14,6 +14,7 @@ import torch
 
 from prune.bench.memory import bench_memory_cpu
 from prune.bench.models import PRESETS, TESTBED_SHAPE, build_model, random_windows
+from prune.bench.real import SECTIONS as REAL_SECTIONS
 from prune.bench.removal import bench_removal
 from prune.bench.results import H200_BF16_PEAK_TFLOPS, Report, context, log, loadavg, print_summary
 from prune.bench.speed import DECODE_STEPS, bench_speed, magnitude_scores
@@ -31,6 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
                    help="cpu (default, a few minutes on 2 cores), llama3_8b (random Llama-3-8B shapes, GPU), quick (tests)")
     p.add_argument("--quick", action="store_true", help="same as --preset quick")
+    p.add_argument("--model", default=None, help="a packaged real model (smollm2_135m): its goals instead of the presets "
+                   "(prune/bench/real.py); sections taylor,eval,job")
+    p.add_argument("--text", default=None, help="with --model: the text file of the job section (data=text_split)")
     p.add_argument("--out", default="bench.json", help="JSON output (default ./bench.json)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
@@ -110,13 +114,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.seq_len not in seq_lens:
         seq_lens.append(args.seq_len)
     args.seq_lens = seq_lens
+    valid = REAL_SECTIONS if args.model else SECTIONS
     args.sections = (
-        set(SECTIONS) if args.sections == "all" else set() if args.sections == "none"
+        set(valid) if args.sections == "all" else set() if args.sections == "none"
         else {s.strip() for s in args.sections.split(",") if s.strip()}
     )
-    bad = args.sections - set(SECTIONS)
+    bad = args.sections - set(valid)
     if bad:
-        p.error(f"unknown section(s) {', '.join(sorted(bad))}: choose from {', '.join(SECTIONS)}")
+        p.error(f"unknown section(s) {', '.join(sorted(bad))}: choose from {', '.join(valid)}")
     for name in ("num_samples", "memory_num_samples"):
         n, b = getattr(args, name), args.batch_size if name == "num_samples" else args.memory_batch_size
         if n % b or (n < 2 * b and b > 1):
@@ -158,6 +163,10 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.model:
+        from prune.bench.real import main as real_main
+
+        return real_main(args)
     dtype = resolve_dtype(args.dtype, device)
     if device.type == "cuda":
         if device.index is None:  # every torch.cuda call below then gets an explicit index
