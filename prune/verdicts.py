@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 
-from prune.stats import ALPHA, Comparison, min_permutation_p, n_for_equivalence, overlap_test, removal_frequencies
+from prune.stats import (ALPHA, Comparison, min_permutation_p, n_for_difference, n_for_equivalence, overlap_test,
+                         removal_frequencies)
 
 # metric kind -> (scale of the margin, its size, where it comes from)
 EFFECTS = {
@@ -60,8 +61,10 @@ def judge(what: str, x_key: str, ref, other, c: Comparison | None, kind: str, lo
            "margin": c.margin, "margin_text": f"±{100 * size:.0f} %" if scale == "relative" else f"±{size:g}",
            "margin_source": source, "ref_mean": c.ref_mean, "other_mean": c.other_mean, "ref_sd": c.ref_sd,
            "other_sd": c.other_sd, "n_ref": c.n_ref, "n_other": c.n_other, "sd_used": c.sd_used, "identical": c.identical}
-    if not (math.isnan(c.p) or c.identical):
-        row["n_needed"] = n_for_equivalence(c.sd_used, c.margin, c.test == "paired")
+    if not (math.isnan(c.p) or c.identical):  # what a next run would need to decide: equivalence, or the difference
+        row["n_for"] = "difference" if abs(c.diff) >= c.margin else "equivalence"
+        row["n_needed"] = (n_for_difference(c.diff, c.sd_used, c.test == "paired") if row["n_for"] == "difference"
+                           else n_for_equivalence(c.sd_used, c.margin, c.test == "paired"))
     if damage is not None and kind == "ppl":
         before, after = damage
         row["damage"] = {"before": before, "after": after, "share": c.raw_diff / (after - before) if after > before else None}
@@ -142,8 +145,13 @@ def render(row: dict) -> dict:
         judged = "cannot tell at this n: "
         if row["p"] < ALPHA:
             judged += "significant only before the Holm adjustment, and "
-        judged += (f"the 90 % CI reaches beyond {m}; " + (f"about {n} seeds per arm would show equivalence if there "
-                   "were no true difference" if n else "no feasible n would show equivalence at this spread"))
+        judged += f"the 90 % CI reaches beyond {m}; "
+        if row.get("n_for") == "difference":
+            judged += (f"about {n} seeds per arm would detect a difference of the observed size" if n
+                       else "no feasible n would detect a difference of the observed size at this spread")
+        else:
+            judged += (f"about {n} seeds per arm would show equivalence if there were no true difference" if n
+                       else "no feasible n would show equivalence at this spread")
     row["text"] = f"{prefix}{head}; {stat}{_damage(row)} — {judged}."
     return row
 
@@ -201,7 +209,9 @@ def _render_overlap(row: dict) -> dict:
         perm = f"permutation {p_text} ({row['permutations']} relabellings; smallest possible {row['min_p']:.3g})"
         row["decision"] = "differs" if p < ALPHA else "no_evidence"
         judged = (f"{x_key} changes which groups are removed beyond seed noise" if p < ALPHA
-                  else f"no evidence that {x_key} changes the decisions beyond seed noise (this is not a test of equivalence)")
+                  else f"no evidence that {x_key} changes the decisions beyond seed noise"
+                  + (" after the Holm adjustment (significant before it)" if row["p"] < ALPHA else "")
+                  + " (this is not a test of equivalence)")
         row["text"] = f"{head}; {perm} — {judged}."
     if row["groups_differing"]:
         row["text"] += f" Removed most differently ({x_key}={ref} vs {other}, share of seeds): {', '.join(row['groups_differing'])}."

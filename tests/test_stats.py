@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from prune.stats import compare, holm, min_permutation_p, n_for_equivalence, overlap_test
+from prune.stats import compare, holm, min_permutation_p, n_for_difference, n_for_equivalence, overlap_test
 from prune.verdicts import judge, margin, overlap_row, render
 
 LOG2 = math.log(1.02)
@@ -79,6 +79,15 @@ def test_n_for_equivalence_gives_the_power_it_promises():
     assert n_for_equivalence(sd, delta, paired=False) > n
 
 
+def test_n_for_difference_gives_80_percent_power():
+    from scipy.stats import ttest_rel
+
+    n = n_for_difference(0.9, 1.0, paired=True)
+    rng = np.random.default_rng(2)
+    hits = sum(ttest_rel(a + rng.normal(0.9, 1.0, n), a).pvalue < 0.05 for a in (rng.normal(0, 1, n) for _ in range(2000)))
+    assert 0.78 < hits / 2000 < 0.88
+
+
 def verdict(a, b, paired=False, kind="ppl", damage=None, role="primary", **adjusted):
     size, log = margin(kind)
     row = judge("PPL", "seq_len", 128, 512, compare(a, b, paired, size, log), kind, True, damage, "ppl_after", "512")
@@ -107,7 +116,13 @@ def test_no_difference_only_with_a_passing_equivalence_test_and_its_ci_printed()
     # a large p alone (wide CI) is no evidence of no difference
     noisy = verdict({s: 4 + v for s, v in enumerate([0.0, 0.3, -0.3])}, {s: 4 + v for s, v in enumerate([0.2, -0.2, 0.1])})
     assert noisy["p"] > 0.5 and noisy["decision"] == "cannot_tell" and noisy["n_needed"] > 3
-    assert "cannot tell at this n" in noisy["text"] and "seeds per arm" in noisy["text"]
+    assert "cannot tell at this n" in noisy["text"] and "seeds per arm would show equivalence" in noisy["text"]
+    assert noisy["n_needed"] == n_for_equivalence(noisy["sd_used"], LOG2, paired=False)
+    # an observed difference beyond the margin: the n that would detect it, not the n for equivalence
+    far = verdict({s: 4 + v for s, v in enumerate([0.0, 0.4, -0.4])}, {s: 4.3 + v for s, v in enumerate([0.3, -0.3, 0.1])})
+    assert far["decision"] == "cannot_tell" and far["n_for"] == "difference"
+    assert far["n_needed"] == n_for_difference(far["test_diff"], far["sd_used"], paired=False)
+    assert f"about {far['n_needed']} seeds per arm would detect a difference of the observed size" in far["text"]
 
 
 def test_differs_and_the_difference_as_a_share_of_the_pruning_damage():

@@ -50,7 +50,7 @@ def test_experiment_runs_every_job_and_writes_the_report(sweep):
         assert set(accuracy["by_truth"]) == {"128", "512"}
         assert {"attention", "attention_top", "attention_wtau", "mlp_wtau"} <= set(accuracy["by_truth"]["128"])
     assert {L for L in ("128", "512") if any(f"truth on {L}-token windows" in v for v in verdicts["verdicts"])} == {"128", "512"}
-    assert all("MDE" in v or "no seed" in v or "identical" in v or "Jaccard" in v for v in verdicts["verdicts"])
+    assert all("90 % CI" in v or "no seed" in v or "identical" in v or "every seed gives" in v or "Jaccard" in v for v in verdicts["verdicts"])
 
 
 def test_jobs_share_one_wandb_group_and_the_report_is_a_run(sweep):

@@ -7,9 +7,9 @@
 * ``overlap``: do two settings remove different sets of groups beyond what seeds alone do (permutation
   test), and the smallest p that test can give at a given n.
 """
-from prune.stats.compare import ALPHA, Comparison, compare, mean_sd, n_for_equivalence
+from prune.stats.compare import ALPHA, Comparison, compare, mean_sd, n_for_difference, n_for_equivalence
 from prune.stats.multiplicity import holm
 from prune.stats.overlap import jaccard, min_permutation_p, overlap_test, removal_frequencies
 
-__all__ = ["ALPHA", "Comparison", "compare", "holm", "jaccard", "mean_sd", "min_permutation_p", "n_for_equivalence",
+__all__ = ["ALPHA", "Comparison", "compare", "holm", "jaccard", "mean_sd", "min_permutation_p", "n_for_difference", "n_for_equivalence",
            "overlap_test", "removal_frequencies"]

@@ -9,7 +9,9 @@
   called equivalent, when both one-sided tests reject, which is exactly when the 90 % CI lies inside
   ``±margin``. Equivalence, not a post-hoc power rule, is what licenses "no difference of X %";
 * ``n_for_equivalence``: seeds per arm at which the TOST would pass with 80 % probability if the true
-  difference were 0, at the observed spread (the usual normal-theory approximation with t quantiles).
+  difference were 0, at the observed spread (the usual normal-theory approximation with t quantiles);
+  ``n_for_difference``: seeds per arm at which a difference of the observed size would be found with
+  80 % probability. Both only say what a next run would need; no verdict rests on them.
 
 All t-tests, intervals and one-sided tests are scipy's (``ttest_rel`` / ``ttest_ind``); TOST shifts one
 arm by the margin and asks scipy for the one-sided p.
@@ -122,18 +124,31 @@ def compare(ref: dict, other: dict, paired: bool, margin: float, log: bool = Fal
     return Comparison(ma, sa, na, mb, sb, nb, diff, p, "welch", log, margin, p_tost, float(lo), float(hi), df, pooled, identical)
 
 
+def _smallest_n(effect: float, sd: float, paired: bool, quantiles, n_max: int) -> int | None:
+    """Smallest n per arm with ``effect >= (sum of the t quantiles at df) * se(n)``; None above n_max."""
+    if not (effect > 0 and sd > 0):
+        return None
+    n = 2
+    while n <= n_max:
+        se, df = (sd / math.sqrt(n), n - 1) if paired else (sd * math.sqrt(2 / n), 2 * n - 2)
+        if effect >= sum(quantiles(df)) * se:
+            return n
+        n = n + 1 if n < 64 else int(n * 1.25)
+    return None
+
+
 def n_for_equivalence(sd: float, margin: float, paired: bool, n_max: int = 100_000) -> int | None:
     """Seeds per arm for which the TOST against ±margin passes with 80 % probability when the true
     difference is 0 and the spread is ``sd``: the smallest n with ``margin >= (t_{1-alpha} + t_{1-beta/2}) se``,
     ``se = sd / sqrt(n)`` (paired) or ``sd sqrt(2 / n)`` (two arms). None above ``n_max``."""
     from scipy.stats import t
 
-    if not (margin > 0 and sd > 0):
-        return None
-    n = 2
-    while n <= n_max:
-        se, df = (sd / math.sqrt(n), n - 1) if paired else (sd * math.sqrt(2 / n), 2 * n - 2)
-        if margin >= (t.ppf(1 - ALPHA, df) + t.ppf(1 - (1 - POWER) / 2, df)) * se:
-            return n
-        n = n + 1 if n < 64 else int(n * 1.25)
-    return None
+    return _smallest_n(margin, sd, paired, lambda df: (t.ppf(1 - ALPHA, df), t.ppf(1 - (1 - POWER) / 2, df)), n_max)
+
+
+def n_for_difference(effect: float, sd: float, paired: bool, n_max: int = 100_000) -> int | None:
+    """Seeds per arm for which the two-sided t-test finds a true difference of ``effect`` with 80 %
+    probability at spread ``sd`` (for planning the next run only; no verdict rests on it)."""
+    from scipy.stats import t
+
+    return _smallest_n(abs(effect), sd, paired, lambda df: (t.ppf(1 - ALPHA / 2, df), t.ppf(POWER, df)), n_max)
