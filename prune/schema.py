@@ -124,9 +124,7 @@ class Eval:
 
 @dataclass
 class Primary:
-    """The one comparison a study is built for, declared before it runs (``prune.sweep.design``): tested at
-    alpha as is and quoted first; every other comparison is secondary and Holm-adjusted."""
-
+    """The one comparison a study is built for, declared before it runs (``prune.sweep.design``)."""
     metric: Optional[str] = None  # ppl_after | ppl_recovered | acc_after; None: no primary endpoint declared
     at: Optional[str] = None  # eval length (PPL) or task (accuracy); None: the longest length / "mean"
     where: Dict[str, Any] = field(default_factory=dict)  # the series: settings (command-line names) of its jobs
@@ -136,7 +134,6 @@ class Primary:
 @dataclass
 class Study:
     """What a multirun is for; read by its report only (no job result depends on it)."""
-
     reference: Any = None  # the x value every other one is compared with; None: the first (method studies: random)
     primary: Primary = field(default_factory=Primary)  # metric None: every comparison secondary
 
