@@ -6,8 +6,9 @@ sweep's ``multirun.yaml``, then builds the report there, so anyone can rebuild i
 ``prune-report experiments/results/<name> --no-wandb``.
 
 ``python -m prune.findings`` rewrites the README block between ``<!-- findings:start -->`` and
-``<!-- findings:end -->`` from the committed reports (their PPL tables and verdict lines, verbatim), so a
-README finding can never say more than its report's verdict; ``--check`` fails if the block is stale.
+``<!-- findings:end -->`` from the committed reports (their PPL tables and verdict lines, verbatim; per
+study a failing negative control first, then the primary endpoint, then the secondary lines), so a README
+finding can never say more than its report's verdict; ``--check`` fails if the block is stale.
 """
 from __future__ import annotations
 
@@ -57,8 +58,13 @@ def study_block(folder: Path) -> list[str]:
             table.append(report[i])
             i += 1
     summary = next((line for line in report if line.endswith("(seeds are repeats of one condition).")), "")
-    verdicts = [v["text"] for v in data.get("structured", []) if v.get("kind") in QUOTED]
-    return [f"### `{folder.name}`", "", summary, "", *table, "", *verdicts, "",
+    study = data.get("study") or {}
+    head = [f"**STUDY FAILED: {study['negative_control']['note']}**", ""] if data.get("failed") else []
+    head += [study.get("primary_note", ""), ""] if study else []
+    verdicts = [v["text"] for v in data.get("structured", []) if v.get("kind") in QUOTED or v.get("role") == "primary"]
+    control = (study.get("negative_control") or {})
+    tail = [f"Negative control: {control['status']}: {control['note']}", ""] if control.get("status") in ("pass", "fail", "absent") else []
+    return [f"### `{folder.name}`", "", *head, summary, "", *table, "", *verdicts, "", *tail,
             f"Full report, figures and per-job files: `experiments/results/{folder.name}/`.", ""]
 
 

@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -123,6 +123,22 @@ class Eval:
 
 
 @dataclass
+class Primary:
+    """The one comparison a study is built for, declared before it runs (``prune.sweep.design``)."""
+    metric: Optional[str] = None  # ppl_after | ppl_recovered | acc_after; None: no primary endpoint declared
+    at: Optional[str] = None  # eval length (PPL) or task (accuracy); None: the longest length / "mean"
+    where: Dict[str, Any] = field(default_factory=dict)  # the series: settings (command-line names) of its jobs
+    arm: Any = None  # the x value compared with the reference; None: the only other one
+
+
+@dataclass
+class Study:
+    """What a multirun is for; read by its report only (no job result depends on it)."""
+    reference: Any = None  # the x value every other one is compared with; None: the first (method studies: random)
+    primary: Primary = field(default_factory=Primary)  # metric None: every comparison secondary
+
+
+@dataclass
 class Config:
     """The top level of ``config.yaml``; the groups' nodes get their types from their own schemas."""
 
@@ -141,6 +157,7 @@ class Config:
     lengths: Lengths = field(default_factory=Lengths)
     calibration_block: Optional[int] = setting("int>0")
     eval: Eval = field(default_factory=Eval)
+    study: Study = field(default_factory=Study)  # declared here only (defaults); experiments set it
     objective: str = setting()
     save_model: bool = setting()
     progress: bool = setting()

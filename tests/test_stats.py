@@ -1,78 +1,152 @@
-"""The verdict statistics: MDE and power by simulation, paired vs Welch, decisions, unbiased overlap test."""
+"""The verdict statistics: TOST and CI against hand computations, Holm by hand, decisions by equivalence,
+the overlap test and when it cannot reject, and the study rules (primary, Holm, damage, negative control)."""
+import json
 import math
 import random
 
 import numpy as np
 import pytest
 
-from prune.stats import compare, mde, n_needed, overlap_test
-from prune.verdicts import judge
+from prune.stats import compare, holm, min_permutation_p, n_for_difference, n_for_equivalence, overlap_test
+from prune.verdicts import judge, margin, overlap_row, render
+
+LOG2 = math.log(1.02)
 
 
-def simulated_power(delta, sd, n, paired, trials=4000, seed=0):
-    from scipy.stats import ttest_ind, ttest_rel
+def hand_tost(d, delta):
+    """Paired TOST by hand: two one-sided t-tests on the differences d against -delta and +delta."""
+    from scipy.stats import t
 
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for _ in range(trials):
-        a = rng.normal(0, sd, n)
-        if paired:
-            b = a + rng.normal(delta, sd, n)  # differences have sd `sd`
-            hits += ttest_rel(b, a).pvalue < 0.05
-        else:
-            b = rng.normal(delta, sd, n)
-            hits += ttest_ind(b, a).pvalue < 0.05
-    return hits / trials
+    n = len(d)
+    mean, se = np.mean(d), np.std(d, ddof=1) / math.sqrt(n)
+    p_low = t.sf((mean + delta) / se, n - 1)  # H0: mean <= -delta
+    p_high = t.cdf((mean - delta) / se, n - 1)  # H0: mean >= +delta
+    half = t.ppf(0.95, n - 1) * se
+    return max(p_low, p_high), (mean - half, mean + half)
 
 
-@pytest.mark.parametrize("paired", [True, False])
-def test_mde_is_the_effect_found_with_80_percent_power(paired):
-    sd, n = 1.0, 6
-    se = sd / math.sqrt(n) if paired else sd * math.sqrt(2 / n)
-    effect = mde(se, n - 1 if paired else 2 * n - 2)
-    assert simulated_power(effect, sd, n, paired) == pytest.approx(0.8, abs=0.03)
-    assert simulated_power(effect / 2, sd, n, paired) < 0.45
-    # the n it would take for half that effect brings the MDE down to it
-    n2 = n_needed(effect / 2, sd, paired)
-    se2 = sd / math.sqrt(n2) if paired else sd * math.sqrt(2 / n2)
-    assert mde(se2, n2 - 1 if paired else 2 * n2 - 2) <= effect / 2 < mde(se2 * math.sqrt(n2 / (n2 - 1)), n2 - 2 if paired else 2 * n2 - 4)
+def test_paired_tost_and_90_percent_ci_on_log_ppl_match_a_hand_computation():
+    a = {0: 4.056, 1: 4.050, 2: 4.061, 3: 4.049, 4: 4.058, 5: 4.053}
+    b = {0: 4.084, 1: 4.081, 2: 4.088, 3: 4.080, 4: 4.087, 5: 4.086}
+    c = compare(a, b, paired=True, margin=LOG2, log=True)
+    d = [math.log(b[k]) - math.log(a[k]) for k in a]
+    p_tost, (lo, hi) = hand_tost(d, LOG2)
+    assert c.test == "paired" and c.p_tost == pytest.approx(p_tost, rel=1e-9)
+    assert (c.ci_low, c.ci_high) == pytest.approx((lo, hi), rel=1e-9)
+    assert c.rel == pytest.approx(math.expm1(np.mean(d)))
+    assert c.p_tost < 0.05 and -LOG2 < c.ci_low < c.ci_high < LOG2  # equivalent: the CI inside ±2 %
+    # the same numbers, with a margin below the observed +0.7 %: not equivalent, and the CI leaves the margin
+    tight = compare(a, b, paired=True, margin=math.log(1.005), log=True)
+    assert tight.p_tost > 0.5 and tight.ci_high > math.log(1.005)
 
 
-def test_compare_pairs_by_seed_only_when_asked_and_matches_scipy():
-    from scipy.stats import ttest_ind, ttest_rel
+def test_welch_tost_matches_a_hand_computation_with_welch_degrees_of_freedom():
+    from scipy.stats import t
 
-    a = {0: 3.90, 1: 3.95, 2: 3.85, 3: 3.99}
-    b = {0: 3.92, 1: 3.96, 2: 3.88, 3: 4.02}  # a constant +0.02 shift on a large seed spread
-    paired, welch = compare(a, b, paired=True), compare(a, b, paired=False)
-    assert paired.test == "paired" and welch.test == "welch"
-    assert paired.p == pytest.approx(ttest_rel(list(b.values()), list(a.values())).pvalue)
-    assert welch.p == pytest.approx(ttest_ind(list(b.values()), list(a.values()), equal_var=False).pvalue)
-    assert paired.p < 0.05 < welch.p and paired.mde < welch.mde
-    assert compare(a, {0: 1.0}, paired=True).test == "welch"  # one shared seed cannot pair
+    a = {0: 0.80, 1: 0.82, 2: 0.79, 3: 0.81}
+    b = {10: 0.805, 11: 0.83, 12: 0.80, 13: 0.815, 14: 0.82}
+    c = compare(a, b, paired=True, margin=0.05)  # no shared seeds: Welch
+    x, y = np.array(list(b.values())), np.array(list(a.values()))
+    va, vb = y.var(ddof=1) / len(y), x.var(ddof=1) / len(x)
+    se, df = math.sqrt(va + vb), (va + vb) ** 2 / (va**2 / (len(y) - 1) + vb**2 / (len(x) - 1))
+    diff = x.mean() - y.mean()
+    want = max(t.sf((diff + 0.05) / se, df), t.cdf((diff - 0.05) / se, df))
+    assert c.test == "welch" and c.df == pytest.approx(df) and c.p_tost == pytest.approx(want, rel=1e-9)
+    assert (c.ci_low, c.ci_high) == pytest.approx((diff - t.ppf(0.95, df) * se, diff + t.ppf(0.95, df) * se))
 
 
-def test_verdicts_say_differs_no_difference_or_cannot_tell_by_power():
+def test_holm_matches_a_hand_worked_example():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4 = 0.02, x3 = 0.03, x2 = 0.06, x1 = 0.04 -> running max 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = holm([0.01, float("nan"), 0.04])  # a NaN is no test: m = 2
+    assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1, monotone
+
+
+def test_n_for_equivalence_gives_the_power_it_promises():
+    """At the n it names, a simulated TOST (true difference 0) passes in about 80 % of draws or more."""
+    from scipy.stats import ttest_1samp
+
+    sd, delta = 1.0, 0.8
+    n = n_for_equivalence(sd, delta, paired=True)
+    rng = np.random.default_rng(0)
+    passes = 0
+    for _ in range(2000):
+        d = rng.normal(0, sd, n)
+        p = max(ttest_1samp(d, -delta, alternative="greater").pvalue, ttest_1samp(d, delta, alternative="less").pvalue)
+        passes += p < 0.05
+    assert 0.78 < passes / 2000 < 0.9
+    assert n_for_equivalence(sd, delta, paired=False) > n
+
+
+def test_n_for_difference_gives_80_percent_power():
+    from scipy.stats import ttest_rel
+
+    n = n_for_difference(0.9, 1.0, paired=True)
+    rng = np.random.default_rng(2)
+    hits = sum(ttest_rel(a + rng.normal(0.9, 1.0, n), a).pvalue < 0.05 for a in (rng.normal(0, 1, n) for _ in range(2000)))
+    assert 0.78 < hits / 2000 < 0.88
+
+
+def verdict(a, b, paired=False, kind="ppl", damage=None, role="primary", **adjusted):
+    size, log = margin(kind)
+    row = judge("PPL", "seq_len", 128, 512, compare(a, b, paired, size, log), kind, True, damage, "ppl_after", "512")
+    row.update(role=role, **adjusted)
+    return render(row)
+
+
+def test_no_difference_only_with_a_passing_equivalence_test_and_its_ci_printed():
     rng = np.random.default_rng(1)
-    ref = {s: 10 + v for s, v in enumerate(rng.normal(0, 0.01, 12))}
-    worse = {s: v * 1.05 for s, v in ref.items()}
-    same = {s: 10 + v for s, v in enumerate(rng.normal(0, 0.01, 12))}
-    noisy_a = {s: 10 + v for s, v in enumerate(rng.normal(0, 2.0, 3))}
-    noisy_b = {s: 10 + v for s, v in enumerate(rng.normal(0, 2.0, 3))}
+    rows = []
+    for trial in range(60):
+        n = int(rng.integers(3, 10))
+        spread = float(rng.choice([0.001, 0.01, 0.05]))
+        shift = float(rng.choice([0.0, 0.005, 0.015, 0.03]))
+        a = {s: 4 * math.exp(rng.normal(0, spread)) for s in range(n)}
+        b = {s: v * math.exp(shift + rng.normal(0, spread / 2)) for s, v in a.items()}
+        rows.append(verdict(a, b, paired=bool(trial % 2)))
+    said = [r for r in rows if "no difference" in r["text"]]
+    assert said and len(said) < len(rows)
+    for r in said:
+        assert r["decision"] == "no_difference" and r["p_tost"] < 0.05 and -LOG2 < r["ci_low"] <= r["ci_high"] < LOG2
+        assert "90 % CI" in r["text"] and "equivalence (TOST)" in r["text"]
+    for r in rows:
+        if r["decision"] != "no_difference":
+            assert "no difference" not in r["text"]
+    # a large p alone (wide CI) is no evidence of no difference
+    noisy = verdict({s: 4 + v for s, v in enumerate([0.0, 0.3, -0.3])}, {s: 4 + v for s, v in enumerate([0.2, -0.2, 0.1])})
+    assert noisy["p"] > 0.5 and noisy["decision"] == "cannot_tell" and noisy["n_needed"] > 3
+    assert "cannot tell at this n" in noisy["text"] and "seeds per arm would show equivalence" in noisy["text"]
+    assert noisy["n_needed"] == n_for_equivalence(noisy["sd_used"], LOG2, paired=False)
+    # an observed difference beyond the margin: the n that would detect it, not the n for equivalence
+    far = verdict({s: 4 + v for s, v in enumerate([0.0, 0.4, -0.4])}, {s: 4.3 + v for s, v in enumerate([0.3, -0.3, 0.1])})
+    assert far["decision"] == "cannot_tell" and far["n_for"] == "difference"
+    assert far["n_needed"] == n_for_difference(far["test_diff"], far["sd_used"], paired=False)
+    assert f"about {far['n_needed']} seeds per arm would detect a difference of the observed size" in far["text"]
 
-    def verdict(a, b):
-        return judge("PPL", "seq_len", 128, 512, compare(a, b, paired=False), "ppl", lower_is_better=True)
 
-    differs = verdict(ref, worse)
-    assert differs["decision"] == "differs" and differs["better"] == 128 and "seq_len=128 is better" in differs["text"]
-    assert "less than the effect in question" not in differs["text"]
-    slightly = verdict(ref, {s: v * 1.005 for s, v in ref.items()})  # detected, but 0.5 % < 2 %
-    assert slightly["decision"] == "differs" and slightly["negligible"] and "less than the effect in question (2 %)" in slightly["text"]
-    tight = verdict(ref, same)
-    assert tight["decision"] == "no_difference" and tight["mde_rel"] < 0.02 and "MDE" in tight["text"]
-    loose = verdict(noisy_a, noisy_b)
-    assert loose["decision"] == "cannot_tell" and loose["n_needed"] > 3 and "cannot tell at this n" in loose["text"]
-    flat = verdict({0: 3.9, 1: 3.9}, {0: 3.91, 1: 3.91})
-    assert flat["decision"] == "untestable" and "no seed noise" in flat["text"] and "differs" not in flat["text"]
+def test_differs_and_the_difference_as_a_share_of_the_pruning_damage():
+    """Pruning costs 1.1 % (4.0 -> 4.044); the other arm is 0.8 % worse: 73 % of the damage, a large effect,
+    though within the ±2 % equivalence margin."""
+    a = {s: 4.044 * (1 + 1e-4 * e) for s, e in enumerate([1, -1, 0.5, -0.5, 0.2, -0.2])}
+    b = {s: v * 1.008 * (1 + 5e-5 * e) for (s, v), e in zip(a.items(), [1, 0, -1, 0.5, -0.5, 0])}
+    row = verdict(a, b, paired=True, damage=(4.0, 4.044))
+    share = (np.mean(list(b.values())) - np.mean(list(a.values()))) / 0.044
+    assert row["damage"]["share"] == pytest.approx(share) and 0.7 < share < 0.76
+    assert row["decision"] == "differs" and row["better"] == 128 and row["negligible"]
+    assert f"{100 * share:+.0f} % of the pruning damage" in row["text"] and "large next to what pruning costs" in row["text"]
+    assert "within ±2 %" in row["text"]
+
+
+def test_secondary_lines_decide_on_the_holm_adjusted_p_and_show_both():
+    a = {s: 4.0 + 0.01 * e for s, e in enumerate([1, -1, 0.5, -0.5, 0.2, -0.2])}
+    b = {s: v * 1.003 + 0.002 * e for (s, v), e in zip(a.items(), [1, -1, 0, 1, -1, 0])}
+    raw = verdict(a, b, paired=True)
+    assert raw["p"] < 0.05 and raw["decision"] == "differs" and "Holm" not in raw["text"]
+    adjusted = verdict(a, b, paired=True, role="secondary", p_adj=0.2, p_tost_adj=0.3)
+    assert adjusted["decision"] == "cannot_tell" and f"p={raw['p']:.3g}, Holm-adjusted 0.2" in adjusted["text"]
+    assert f"p={raw['p_tost']:.3g}, Holm-adjusted 0.3" in adjusted["text"]
+    assert "significant only before the Holm adjustment" in adjusted["text"]
 
 
 def test_overlap_compares_different_seed_pairs_on_both_sides():
@@ -95,6 +169,24 @@ def test_overlap_compares_different_seed_pairs_on_both_sides():
     arm_c = {s: set(sorted(v)[:30]) | set(range(150, 180)) for s, v in text.items()}
     moved = overlap_test(arm_a, arm_c)
     assert moved["between"] < moved["within"] and moved["p"] < 0.05
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 6])
+def test_an_overlap_verdict_is_untestable_where_the_smallest_permutation_p_is_at_least_alpha(n):
+    """With n paired seeds the smallest p is 2/2^n: 0.25, 0.125, 0.0625 for n = 3, 4, 5 (untestable, never
+    'no evidence'); 0.03125 at n = 6."""
+    arm_a = {s: {(0, g) for g in range(30)} | {(1, s)} for s in range(n)}  # (layer, group)
+    arm_b = {s: {(0, g) for g in range(40, 70)} | {(2, s)} for s in range(n)}  # wholly different groups
+    assert min_permutation_p(arm_a, arm_b) == pytest.approx(2 / 2**n)
+    row = render(overlap_row("all jobs", "mlp", "seq_len", 128, 512, arm_a, arm_b))
+    if 2 / 2**n >= 0.05:
+        assert row["decision"] == "untestable" and "untestable at this n" in row["text"]
+        assert "no evidence" not in row["text"] and f"2/2^{n}" in row["text"]
+    else:
+        assert row["decision"] == "differs" and row["p"] == pytest.approx(2 / 2**n)
+    same = render(overlap_row("all jobs", "mlp", "seq_len", 128, 512, arm_a, dict(arm_a)))
+    assert same["decision"] == "identical"
+    assert min_permutation_p({0: {1}, 1: {2}}, {5: {1}, 6: {2}}) == pytest.approx(2 / 6)  # unpaired: 2 / C(4, 2)
 
 
 def test_unpaired_overlap_relabels_at_random():

@@ -38,7 +38,7 @@ def test_experiment_runs_every_job_and_writes_the_report(sweep):
     tokens = {(r["seq_len"], r["num_samples"]) for r in rows if r["token_budget"]}
     assert tokens == {("128", "128"), ("512", "32")}  # equal token budget: 16384 at both lengths
     report = (folder / "report.md").read_text()
-    assert "## Verdicts" in report and "seq_len=128" in report and "within a setting (different seeds on both sides)" in report
+    assert "## Primary endpoint" in report and "## Secondary comparisons" in report and "seq_len=128" in report and "within a setting (different seeds on both sides)" in report
     for figure in ("ppl_after.png", "overlap.png", "grad_by_layer.png", "kept_by_layer.png", "cost.png", "importance_accuracy.png"):
         assert (folder / figure).stat().st_size > 5000, figure
         assert f"({figure})" in report
@@ -50,7 +50,7 @@ def test_experiment_runs_every_job_and_writes_the_report(sweep):
         assert set(accuracy["by_truth"]) == {"128", "512"}
         assert {"attention", "attention_top", "attention_wtau", "mlp_wtau"} <= set(accuracy["by_truth"]["128"])
     assert {L for L in ("128", "512") if any(f"truth on {L}-token windows" in v for v in verdicts["verdicts"])} == {"128", "512"}
-    assert all("MDE" in v or "no seed" in v or "identical" in v or "Jaccard" in v for v in verdicts["verdicts"])
+    assert all("90 % CI" in v or "no seed" in v or "identical" in v or "every seed gives" in v or "Jaccard" in v for v in verdicts["verdicts"])
 
 
 def test_jobs_share_one_wandb_group_and_the_report_is_a_run(sweep):

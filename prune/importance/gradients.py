@@ -149,7 +149,7 @@ class _Accumulator:
             add_channel_values(g_sq, self.shape, proj, self._channel_values(param, self.mean_grad[key], proj, kind))
         sample = sequence_fisher(mean_batch_sq, g_sq, S, B)
         if self.fisher == "token":
-            return token_fisher(sample, g_sq, self.tokens_per_sequence)
+            return token_fisher(sample, g_sq, S, self.tokens_per_sequence)
         return sample.map(lambda t: t.clamp_min(0))
 
     def grad_stats(self) -> dict:

@@ -12,13 +12,14 @@ from prune.models import resolve_device, resolve_dtype
 
 
 def config_digest(cfg: DictConfig) -> str:
-    """Hash of every setting that can change a job's result (not ``force``, ``progress``, logging).
+    """Hash of every setting that can change a job's result (not ``force``, ``progress``, logging, nor the
+    ``study`` block, which only tells the report what the sweep is for).
 
     ``device`` / ``dtype`` ``auto`` enter as what they resolve to here, so a sweep resumed on a GPU does not
     take the jobs finished on a CPU (fp32) as its own (bf16).
     """
     data = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("force", "progress", "logger", "threads"):
+    for key in ("force", "progress", "logger", "threads", "study"):
         data.pop(key, None)
     model = data.get("model")
     if isinstance(model, dict):

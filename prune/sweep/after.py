@@ -2,7 +2,7 @@
 
 Called by ``prune.sweep.report.Report.build``: extra summary columns (``ppl_recovered_<L>``,
 ``acc_recovered_<task>``), verdicts for the one-shot and the recovered model side by side (the rules of
-``prune.verdicts``: paired or Welch test with the minimal detectable effect), and ``probe.png``: exact-retrieval
+``prune.verdicts``: paired or Welch test, 90 % CI and equivalence test), and ``probe.png``: exact-retrieval
 accuracy of the probe against context length and against depth, per calibration ``seq_len``, before
 pruning, after pruning and after recovery.
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 import statistics
 
 from prune.probe import parse_task
-from prune.stats import compare
+from prune.sweep.comparisons import comparison
 from prune.sweep.conditions import pairs_by_seed
 from prune.sweep.jobs import setting
-from prune.verdicts import judge
 
+AFTER_METRICS = ("ppl_recovered", "probe")  # the rows this section shows (the report's main list leaves them out)
 STAGES = (("acc_before", "before pruning"), ("acc_after", "after pruning"), ("acc_recovered", "after recovery"))
 
 
@@ -45,19 +45,18 @@ def probe_mean(metrics: dict, stage: str) -> float | None:
 
 
 def verdicts(sweep) -> list[dict]:
-    """The probe's verdicts at every stage (the PPL verdicts after recovery are among the report's own)."""
+    """The probe's verdict rows at every stage (the PPL verdicts after recovery are among the report's own)."""
     rows = []
     for key, jobs in sweep.series().items():
         groups = sweep.by_x(jobs)
-        xs = list(groups)
         label = sweep.series_label(key)
-        for other in xs[1:]:
-            ref = xs[0]
+        ref, others = sweep.arms(groups)
+        for other in others:
             paired = pairs_by_seed(groups[ref] + groups[other], sweep.x_key)
             for stage, what in STAGES[1:]:
-                arms = [{setting(j, "seed"): probe_mean(j["metrics"], stage) for j in groups[x]} for x in (ref, other)]
-                row = judge(f"[{label}] long-context probe accuracy (mean over lengths and depths), {what}",
-                            sweep.x_key, ref, other, compare(*arms, paired), "accuracy", lower_is_better=False)
+                row = comparison(f"[{label}] long-context probe accuracy (mean over lengths and depths), {what}", sweep.x_key,
+                                 ref, other, groups[ref], groups[other], lambda m, s=stage: probe_mean(m, s), "accuracy",
+                                 False, paired, metric="probe", at=stage)
                 if row is not None:
                     row["series"] = label
                     rows.append(row)
@@ -116,22 +115,20 @@ def _table(sweep) -> str:
     return "\n".join(rows)
 
 
-def section(sweep, report_verdicts: list[dict]) -> tuple[str, list[dict]]:
-    """The markdown section (empty without recovery or probe) and its verdicts."""
+def section(sweep, rows: list[dict]) -> str:
+    """The markdown section (empty without recovery or probe), from the study's worded rows."""
     recovered = any(j["metrics"].get("ppl_recovered") for j in sweep.ok)
     probe = plot_probe(sweep)
     if not recovered and not probe:
-        return "", []
-    lines = verdicts(sweep)
-    recovered_ppl = [v["text"] for v in report_verdicts if "PPL after recovery" in v["what"]]
+        return ""
     text = ["", "## After pruning: recovery and the long-context probe", ""]
     if recovered:
         methods = sorted({(j["metrics"].get("recovery") or {}).get("method", "?") for j in sweep.ok})
         text += [f"Recovery ({', '.join(methods)}): does each difference between {sweep.x_key} values survive it?", "",
                  _table(sweep), ""]
-    text += recovered_ppl + [v["text"] for v in lines] or ["- nothing to compare (a single condition)."]
+    text += [v["text"] for v in rows if v.get("metric") in AFTER_METRICS] or ["- nothing to compare (a single condition)."]
     if probe:
         text += ["", "![probe.png](probe.png)", "",
                  "Long-context probe (prune_passkey): exact retrieval of a key hidden at a depth of a context of a given "
                  "length, before pruning, after pruning and after recovery.", ""]
-    return "\n".join(text) + "\n", lines
+    return "\n".join(text) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from prune.sweep.design import read_design
 from prune.sweep.jobs import load_jobs, setting
 
 # settings that identify a condition (from metrics.json "run"), in display order
@@ -83,6 +84,7 @@ class Sweep:
         self.series_keys = [k for k in varying if k != self.x_key
                             and not (self.x_key == "seq_len" and k == "num_samples" and budgeted)]
         self.figures: dict[str, str] = {}
+        self.design = read_design(self.dir, self.jobs)  # study.primary and study.reference
 
     def varied(self) -> list[str]:
         """What really varied across the launched jobs, failed ones included (the axes above come from the
@@ -106,6 +108,13 @@ class Sweep:
         for job in jobs:
             out.setdefault(setting(job, self.x_key), []).append(job)
         return dict(sorted(out.items(), key=lambda kv: (kv[0] is None, kv[0] if not isinstance(kv[0], str) else 0, str(kv[0]))))
+
+    def arms(self, groups: dict) -> tuple[object, list]:
+        """The reference x value (``study.reference`` where it is one of them, else the first) and the others."""
+        xs = list(groups)
+        wanted = self.design.reference
+        ref = next((x for x in xs if wanted is not None and str(x) == str(wanted)), xs[0] if xs else None)
+        return ref, [x for x in xs if x != ref]
 
     def eval_lengths(self) -> list[str]:
         lengths = []

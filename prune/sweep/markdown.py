@@ -4,12 +4,40 @@ from __future__ import annotations
 import math
 
 from prune.stats import mean_sd
+from prune.sweep.after import AFTER_METRICS
 from prune.sweep.conditions import KEYS
 
+RULES = ("Each line: mean ± sd over seeds per setting; the difference with its 90 % confidence interval (PPL: the "
+         "ratio of the two arms, tested on log PPL, so a margin of ±2 % is ±log 1.02 there); the test (paired by seed "
+         "where one seed is the same calibration text in both arms: the arms differ in a setting that does not touch the "
+         "data, or every job cuts its text from the same blocks under one token budget; else Welch) with its two-sided p; "
+         "and the equivalence test (TOST, alpha 0.05) against the margin (PPL ±2 %, the seed note's lower prediction; task "
+         "accuracy ±1 point; rank agreement ±0.05). 'No difference' is said only where the equivalence test passes (the 90 % "
+         "CI inside the margin); otherwise 'cannot tell at this n', with the seeds per arm equivalence would take. Every "
+         "line below is secondary: its p values are Holm-adjusted within the study (differences and equivalence tests as "
+         "two families; raw and adjusted shown), and the adjusted p decides. PPL lines also give the difference as a share "
+         "of the pruning damage of the reference arm. A permutation test whose smallest possible p (2/2^n for n paired "
+         "seeds) is at least 0.05 is 'untestable at this n'.")
 
-def markdown(sweep, verdict_lines: list[str]) -> str:
+
+def _study(study: dict, rows: list[dict]) -> list[str]:
+    """The failing negative control (at the very top) and the primary endpoint section."""
+    control = study["negative_control"]
+    primary = next((r for r in rows if r["role"] == "primary"), None)
+    lines = ["## Primary endpoint", "", study["primary_note"]]
+    if study["primary_declared_after_the_run"]:
+        lines[-1] += (" This study ran before its primary endpoint was written down: the choice follows the rule stated "
+                      "in that file (not the results), but it is not a pre-registration.")
+    lines += ["", primary["text"] if primary else "- (none)", "", "## Negative control", "",
+              f"{control['status'].upper()}: {control['note']}", ""]
+    return lines
+
+
+def markdown(sweep, rows: list[dict], study: dict) -> str:
     failed = [j for j in sweep.jobs if j["metrics"].get("status") != "ok"]
     lines = [f"# Sweep report: {sweep.dir.name}", ""]
+    if study["failed"]:
+        lines += [f"**STUDY FAILED: {study['negative_control']['note']}**", ""]
     varied = sweep.varied()
     lines.append(f"{len(sweep.jobs)} jobs: {len(sweep.ok)} ok, {len(failed)} failed. Varying: "
                  f"{', '.join(varied) or 'nothing'} (seeds are repeats of one condition).")
@@ -20,14 +48,9 @@ def markdown(sweep, verdict_lines: list[str]) -> str:
         first = sweep.ok[0]["metrics"]["run"]
         fixed = {k: first.get(k) for k in KEYS if k not in [sweep.x_key] + sweep.series_keys + varied}
         lines.append("Fixed: " + ", ".join(f"{k}={v}" for k, v in fixed.items() if v is not None) + ".")
-    lines += ["", "## Verdicts", "",
-              "Each line: mean ± sd over seeds per setting, the test (paired by seed where one seed is the same "
-              "calibration text in both arms: the arms differ in a setting that does not touch the data, or every job cuts its text from the same blocks under one token budget; else Welch), and the minimal detectable effect (MDE: 80 % power, "
-              "alpha 0.05, for this n and spread). 'No difference' is said only where the MDE is at most the effect "
-              "in question (PPL: 2 %, the seed note's lower prediction; task accuracy: 1 point; rank agreement: "
-              "0.05); otherwise 'cannot tell at this n'. No correction for the many lines; read a single p near "
-              "0.05 with care.", ""]
-    lines += [v["text"] for v in verdict_lines] or ["- nothing to compare (a single condition)."]
+    lines += [""] + _study(study, rows) + ["## Secondary comparisons", "", RULES, ""]
+    lines += [v["text"] for v in rows if v["role"] != "primary" and v.get("metric") not in AFTER_METRICS] or [
+        "- nothing else to compare."]
     lines += ["", "## Perplexity", "", _ppl_table(sweep), ""]
     captions = {
         "ppl_after.png": "Perplexity after pruning (mean ± sd over seeds); dashed: before pruning.",

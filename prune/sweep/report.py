@@ -9,6 +9,7 @@ from prune.sweep.comparisons import verdicts as comparisons
 from prune.sweep.conditions import Sweep
 from prune.sweep.jobs import logger_config
 from prune.sweep.markdown import markdown
+from prune.sweep.study import finalize
 from prune.sweep.table import summary_rows, write_tables
 
 
@@ -20,12 +21,13 @@ class Report(Sweep):
         overlaps = figures.plot_overlap(self)
         figures.plot_layers(self)
         figures.plot_cost(self)
-        verdicts = comparisons(self)
-        after_text, recovery = after.section(self, verdicts)  # recovery and the long-context probe
-        verdicts += recovery
-        (self.dir / "report.md").write_text(markdown(self, [v for v in verdicts if v not in recovery]) + after_text)
+        rows = comparisons(self) + after.verdicts(self)  # after: the long-context probe
+        study = finalize(self, rows)  # primary endpoint, Holm, wording, negative control
+        rows.sort(key=lambda r: r["role"] != "primary")  # the primary verdict first
+        (self.dir / "report.md").write_text(markdown(self, rows, study) + after.section(self, rows))
         (self.dir / "verdicts.json").write_text(json.dumps(
-            {"verdicts": [v["text"] for v in verdicts], "structured": verdicts, "overlaps": overlaps}, indent=2, default=str))
+            {"failed": study["failed"], "study": study, "verdicts": [v["text"] for v in rows], "structured": rows,
+             "overlaps": overlaps}, indent=2, default=str))
         if log_wandb:
             self.log_to_wandb()
         return self.dir / "report.md"
