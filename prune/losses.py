@@ -69,11 +69,26 @@ def plain_head(model: nn.Module) -> nn.Linear | None:
         return None
     if head.weight.requires_grad and torch.is_grad_enabled():  # the head is being trained: it needs its own gradient
         return None
-    if any(getattr(config, key, None) not in (None, 1, 1.0) for key in _SCALED_LOGITS):
+    if not unscaled_logits(config):
         return None
     if not type(model).__name__.endswith("ForCausalLM"):
         return None
     return head
+
+
+def unscaled_logits(config) -> bool:
+    """Whether the config leaves the logits as the head computes them (no soft-capping or scaling)."""
+    return all(getattr(config, key, None) in (None, 1, 1.0) for key in _SCALED_LOGITS)
+
+
+def logits_bytes(config, tokens: int, elem: int) -> int:
+    """Bytes of logits a gradient pass over ``tokens`` keeps at its peak: one chunk buffer (and its fp32 copy
+    in half precision) with the chunked loss, else the full logits, their fp32 copy and the softmax gradient."""
+    vocab = int(config.vocab_size)
+    if unscaled_logits(config):
+        rows = min(tokens, max(1, CHUNK_ELEMENTS // vocab))
+        return rows * vocab * (elem + (4 if elem < 4 else 0)) + 2 * tokens * int(config.hidden_size) * elem
+    return tokens * vocab * (elem + 4 + 4)
 
 
 def token_nll(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,9 @@ Counts, in bytes: the weights; the gradient of the largest prunable weight (the 
 as soon as it is reduced; with micro-batches all prunable gradients live until the batch ends) and the
 running mean ``G`` of every prunable gradient (4 bytes per weight in fp32, 3 as bf16 + Kahan compensation,
 none on the device with ``mean_grad=cpu``, which keeps it in host memory and adds a few pinned staging
-gradients); the activations autograd keeps for one (micro-)batch; and the fp32 logits.
+gradients); the activations autograd keeps for one (micro-)batch; the logits (one chunk of positions with
+the chunked loss of ``prune.losses``, else all of them, with their fp32 copy and gradient); and on the CPU the
+process's resident memory before the model loads (libraries, data), since there the measured peak is the RSS.
 Activations per token and layer are about ``(6 * hidden + 4 * intermediate) * dtype_bytes`` for a
 LLaMA layer with SDPA (no attention matrix is stored), or ``2 * hidden`` with gradient checkpointing.
 It is an estimate for planning; the measured peaks per phase are in ``metrics.json``.
@@ -13,13 +15,15 @@ from __future__ import annotations
 
 import torch
 
+from prune.losses import logits_bytes
 from prune.importance.mean_grad import DEVICE_BYTES_PER_WEIGHT, HOST_BYTES_PER_WEIGHT, MEAN_GRAD_CHOICES, STAGING_SLOTS
 from prune.structure import ModelShape
 
 
 def estimate_bytes(config, shape: ModelShape, seq_len: int, batch_size: int, dtype: torch.dtype, gradient_checkpointing: bool = False,
-                   micro_batches: bool = False, mean_grad: str = "fp32") -> dict[str, int]:
-    """Bytes on the device per part (and ``total``); ``host_running_mean`` is host memory, not in the total."""
+                   micro_batches: bool = False, mean_grad: str = "fp32", process_bytes: int = 0) -> dict[str, int]:
+    """Bytes on the device per part (and ``total``); ``host_running_mean`` is host memory, not in the total.
+    ``process_bytes`` (on the CPU: the process's resident memory before the model loads) is added as it is."""
     elem = torch.empty((), dtype=dtype).element_size()
     vocab = int(config.vocab_size)
     hidden = shape.hidden_size
@@ -34,8 +38,10 @@ def estimate_bytes(config, shape: ModelShape, seq_len: int, batch_size: int, dty
     tokens = seq_len * batch_size
     per_token_layer = (2 * hidden) if gradient_checkpointing else (6 * hidden + 4 * widest)
     activations = tokens * len(shape.layers) * per_token_layer * elem
-    logits = tokens * vocab * (elem + 4 + 4)  # model-dtype logits, fp32 copy, fp32 softmax grad
+    logits = logits_bytes(config, tokens, elem)  # chunked over positions unless the model scales its logits
     parts = {"weights": weights, "gradients": grads, "running_mean": running_mean, "activations": activations, "logits": logits}
+    if process_bytes:
+        parts["process"] = process_bytes
     parts["total"] = sum(parts.values())
     parts["host_running_mean"] = shape.prunable_params * HOST_BYTES_PER_WEIGHT[mean_grad]
     return parts
@@ -62,3 +68,30 @@ def describe_all(estimates: dict[str, dict[str, int]], chosen: str) -> str:
         mark = "  <- chosen" if kind == chosen else ""
         lines.append(f"    {kind:<10s} {parts['total'] / gib:7.2f} GiB; host {parts['host_running_mean'] / gib:.2f} GiB{mark}")
     return "\n".join(lines)
+
+
+def release_freed_memory(device: torch.device | str = "cpu") -> None:
+    """Hand memory that freed CPU tensors left in glibc's heap back to the kernel (``malloc_trim``).
+
+    Without it the heap keeps the pages of every freed activation, and a CPU job's resident memory climbs
+    ~0.5 GB above what is live (SmolLM2-135M, 512-token micro-batches: 2.99 GiB peak against 2.67 with a
+    trim per micro-batch, at no measurable time cost). No-op on CUDA and without glibc.
+    """
+    global _LIBC
+    if torch.device(device).type != "cpu":
+        return
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 - glibc only
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
+

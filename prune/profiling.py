@@ -10,7 +10,8 @@ import time
 import torch
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
+    """Resident memory of this process now."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -22,17 +23,17 @@ class _RssSampler(threading.Thread):
     def __init__(self, interval: float = 0.02):
         super().__init__(daemon=True)
         self.interval = interval
-        self.peak = _rss_bytes()
+        self.peak = rss_bytes()
         self._halt = threading.Event()
 
     def run(self):
         while not self._halt.wait(self.interval):
-            self.peak = max(self.peak, _rss_bytes())
+            self.peak = max(self.peak, rss_bytes())
 
     def stop(self) -> int:
         self._halt.set()
         self.join()
-        return max(self.peak, _rss_bytes())
+        return max(self.peak, rss_bytes())
 
 
 class PhaseRecorder:
@@ -56,6 +57,9 @@ class PhaseRecorder:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            from prune.memory import release_freed_memory
+
+            release_freed_memory()  # what earlier phases freed does not count against this one
             sampler = _RssSampler()
             sampler.start()
         start = time.perf_counter()

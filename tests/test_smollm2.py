@@ -105,3 +105,38 @@ def test_a_small_job_prunes_saves_and_reloads_to_the_reported_perplexity(smollm2
     shapes = model.config.layer_shapes  # [query heads, KV heads, MLP channels] of every layer, from the weights
     assert all(q == 3 * kv for q, kv, _ in shapes)  # each KV head went with its 3 query heads, or stayed with them
     assert len(shapes) < 30 or any(kv < 3 or mlp < 1536 for _, kv, mlp in shapes)  # layers removed, or narrowed
+
+
+METHODS = {
+    "taylor_1st-uniform": ["importance=taylor_1st", "pruning=uniform"],
+    "magnitude-global": ["importance=magnitude"],
+    "random-global": ["importance=random"],
+    "wanda-global": ["importance=wanda"],
+    "removal-global": ["importance=removal", "eval.max_tokens=128"],
+    "block-depth": ["importance=block", "pruning=depth", "pruning.unit=block", "pruning.ratio=0.1"],
+    "angular-depth": ["importance=angular", "pruning=depth", "pruning.ratio=0.1"],
+    "block_influence-depth": ["importance=block_influence", "pruning=depth", "pruning.unit=block", "pruning.ratio=0.1"],
+    "layer_weighted": ["pruning=layer_weighted"],
+    "hybrid": ["pruning=hybrid", "pruning.depth_share=0.5"],
+    "recovery-lora": ["recovery=lora", "recovery.steps=2", "recovery.warmup_steps=1", "recovery.seq_len=32", "recovery.batch_size=1"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(METHODS))
+def test_every_method_and_strategy_runs_on_smollm2(smollm2, text_file, tmp_path, case):
+    """The rest of the criteria and strategies on the real model's shape (no save: reloading is tested above)."""
+    from conftest import compose_config
+
+    from prune.job import run_job
+
+    cfg = compose_config(
+        "model=smollm2_135m", f"model.path={smollm2}", "data=text_split", f"data.file={text_file}", "seq_len=32",
+        "num_samples=4", "batch_size=2", "eval.lengths=[64]", "eval.max_tokens=256", "pruning.ratio=0.2",
+        "logger=none", "progress=false", "eval.cache_before=false", "save_model=false", *METHODS[case],
+    )
+    metrics = run_job(cfg, tmp_path)
+    assert metrics["status"] == "ok", metrics.get("error")
+    assert metrics["params_after"] < metrics["params_before"]
+    assert metrics["ppl_after"]["64"] > 1
+    if case.startswith("recovery"):
+        assert "64" in metrics["ppl_recovered"]

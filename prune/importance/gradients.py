@@ -34,6 +34,7 @@ from prune.importance.fused import resolve_backend
 from prune.importance.grad_stats import LayerGradMoments, summarize_moments
 from prune.importance.mean_grad import MeanGradStore, make_store
 from prune.losses import sequence_nll
+from prune.memory import release_freed_memory
 from prune.structure import GroupScores, Projection, add_channel_values, model_shape, projections
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,7 @@ def gradient_pass(
                         units = batch.split(micro)
                         for k, unit in enumerate(units):
                             acc.last_unit = k == len(units) - 1
+                            release_freed_memory(device)  # the last unit's activations: back to the kernel
                             loss = sequence_nll(model, unit.to(device)).sum() / batch_size
                             loss.backward()
                         acc.end_batch()

@@ -81,6 +81,7 @@ def ground_truth_lengths(cfg: DictConfig, eval_lengths: list[int]) -> list[int]:
 
 def announce_memory(cfg: DictConfig, model_config, lengths: dict, importance, metrics: dict) -> None:
     from prune.memory import describe_all, estimate_all
+    from prune.profiling import rss_bytes
 
     device = resolve_device(cfg.model.get("device", "auto"))
     dtype = resolve_dtype(cfg.model.get("dtype", "auto"), device)
@@ -88,8 +89,10 @@ def announce_memory(cfg: DictConfig, model_config, lengths: dict, importance, me
     micro = micro_batch_size(cfg.batch_size, seq, cfg.model.get("max_pass_tokens"),
                              getattr(importance, "micro_batch_size", None)) or cfg.batch_size
     chosen = getattr(importance, "mean_grad", "fp32")
+    process = rss_bytes() if device.type == "cpu" else 0  # on the CPU the peak measured is the process's RSS
     estimates = estimate_all(model_config, shape_from_config(model_config), seq, micro, dtype,
-                             bool(getattr(importance, "gradient_checkpointing", False)), micro < cfg.batch_size)
+                             bool(getattr(importance, "gradient_checkpointing", False)), micro < cfg.batch_size,
+                             process_bytes=process)
     metrics["memory_estimate_gib"] = {k: v / 2**30 for k, v in estimates[chosen].items()}
     metrics["memory_estimate_by_mean_grad_gib"] = {kind: parts["total"] / 2**30 for kind, parts in estimates.items()}
     log.info("%s", describe_all(estimates, chosen))

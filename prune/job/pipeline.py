@@ -55,6 +55,7 @@ def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> d
         metrics.update(run=run_info(cfg), config_digest=config_digest(cfg))
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
+        metrics["torch_threads"] = torch.get_num_threads()  # null: torch's default (one per core; 1 in a joblib worker)
         recorder = PhaseRecorder(resolve_device(cfg.model.get("device", "auto")))
         prepared = _prepare(cfg, metrics, recorder)
         tracker = instantiate(cfg.logger)
