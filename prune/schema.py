@@ -111,6 +111,7 @@ class Eval:
     batch_size: int = setting("int>0")
     max_tokens: Optional[int] = setting("int>0")
     cache_before: bool = setting()
+    cache_after: bool = setting()
     tasks: List[str] = setting()
     tasks_limit: Optional[int] = setting("int>0")
     tasks_batch_size: Union[int, str] = setting("int>0|auto")

@@ -212,3 +212,17 @@ def test_a_setting_that_breaks_before_the_pipeline_is_still_recorded(tmp_path):
         run_job(cfg, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "refused" and "seq_len=0" in metrics["error"]
+
+
+def test_pruned_evaluation_is_reused_only_for_identical_pruned_weights(tiny_testbed, tmp_path):
+    """importance=magnitude prunes to the same weights at every seq_len: the second job reads its PPL from the
+    cache. Taylor at another seq_len prunes differently: evaluated afresh, never served a stale number."""
+    common = [*FAST, "logger=none", "save_model=false", "eval.cache_before=false", "eval.max_tokens=1984"]  # a key no other test uses
+    first = run_job(compose_config(*common, "importance=magnitude", "seq_len=64"), tmp_path / "m64")
+    second = run_job(compose_config(*common, "importance=magnitude", "seq_len=32"), tmp_path / "m32")
+    assert first["eval_after_cached"] is False and second["eval_after_cached"] is True
+    assert second["ppl_after"] == first["ppl_after"]
+    taylor = run_job(compose_config(*common, "importance=taylor_1st", "seq_len=32"), tmp_path / "t32")
+    assert taylor["eval_after_cached"] is False and taylor["ppl_after"] != first["ppl_after"]
+    off = run_job(compose_config(*common, "importance=magnitude", "seq_len=32", "eval.cache_after=false"), tmp_path / "off")
+    assert "eval_after_cached" not in off and off["ppl_after"] == pytest.approx(first["ppl_after"], rel=1e-6)

@@ -149,12 +149,17 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
     shape = model_shape(model)
     total_before = sum(p.numel() for p in model.parameters())
     model_id = fingerprint(model) if (cfg.eval.cache_before or cfg.eval.importance_accuracy or tasks) else None
-    stream_id = tensor_digest(data.test_stream) if model_id else None
+    stream_id = tensor_digest(data.test_stream) if (model_id or cfg.eval.cache_after) else None
 
     def evaluate(tag: str) -> dict:
         results = evaluate_lengths(model, data.test_stream, data.lengths, cfg.eval.batch_size, data.max_tokens, progress, tag)
         recorder.count(eval_flops(model_shape(model), results))
         return results
+
+    def evaluate_cached(tag: str, model_key: str) -> tuple[dict, bool]:
+        """Perplexities of a model whose weights were evaluated before on these tokens: from the cache."""
+        key = {"model": model_key, "tokens": stream_id, "lengths": data.lengths, "max_tokens": data.max_tokens}
+        return cached(cfg.cache_dir, f"eval_{tag}", key, lambda: evaluate(tag))
 
     def downstream(tag: str) -> dict:
         from prune.downstream import evaluate_tasks
@@ -164,8 +169,7 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
 
     with recorder.phase("eval_before"):
         if cfg.eval.cache_before:
-            key = {"model": model_id, "tokens": stream_id, "lengths": data.lengths, "max_tokens": data.max_tokens}
-            before, metrics["eval_before_cached"] = cached(cfg.cache_dir, "eval_before", key, lambda: evaluate("before"))
+            before, metrics["eval_before_cached"] = evaluate_cached("before", model_id)
         else:
             before = evaluate("before")
     metrics["ppl_before"] = {str(k): v["ppl"] for k, v in before.items()}
@@ -204,7 +208,10 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
         plan = strategy.plan(result.scores, shape, result.layer_scores)
         apply_plan(model, plan)
     with recorder.phase("eval_after"):
-        after = evaluate("after")
+        if cfg.eval.cache_after:  # the same pruned weights (e.g. importance=magnitude at any seq_len): evaluated once
+            after, metrics["eval_after_cached"] = evaluate_cached("after", fingerprint(model))
+        else:
+            after = evaluate("after")
     metrics["ppl_after"] = {str(k): v["ppl"] for k, v in after.items()}
     if tasks:
         with recorder.phase("tasks_after"):
