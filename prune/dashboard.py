@@ -150,10 +150,6 @@ def write_offline(sweep: Path, plotlyjs: str | None = None) -> Path:
 
     verdicts_path = sweep / "verdicts.json"
     verdicts = json.loads(verdicts_path.read_text()).get("structured") if verdicts_path.exists() else None
-    if plotlyjs and not (sweep / plotlyjs).exists():
-        from plotly.offline import get_plotlyjs
-
-        (sweep / plotlyjs).write_text(get_plotlyjs(), encoding="utf-8")
     return write_dashboard(Sweep(sweep), verdicts, plotlyjs or True)
 
 

@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from headless import drawn_subplots, render, screenshot
 from wandb_records import logged_config, records
 
@@ -131,3 +132,25 @@ def test_prune_dashboard_writes_the_page_for_any_sweep_folder(sweep, tmp_path):
     assert '<script charset="utf-8" src="plotly.min.js"></script>' in page and len(page) < 500_000
     assert (sweep / "plotly.min.js").stat().st_size > 3_000_000
     assert sorted(shown(page)) == ["ratio=0.2", "ratio=0.3"]
+
+
+STUDIES = sorted(p.parent for p in (REPO / "experiments" / "results").glob("*/verdicts.json"))
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=[s.name for s in STUDIES])
+def test_the_committed_studies_dashboards_are_current(study):
+    """``prune-dashboard experiments/results/<name> --plotlyjs ../plotly.min.js`` would write the same page."""
+    from prune.sweep.conditions import Sweep
+    from prune.sweep.html_dashboard import render
+    from prune.sweep.panels import dashboard_data
+
+    verdicts = json.loads((study / "verdicts.json").read_text())["structured"]
+    assert (study / "dashboard.html").read_text() == render(dashboard_data(Sweep(study), verdicts), "../plotly.min.js")
+
+
+def test_chromium_draws_a_committed_study_with_the_shared_plotlyjs(tmp_path):
+    page = REPO / "experiments" / "results" / "seq_len_128_vs_512" / "dashboard.html"
+    dom, console = render(page, tmp_path)
+    assert console == []
+    drawn = drawn_subplots(dom)
+    assert len(drawn) >= 9 and all(d["lines"] == 4 and d["bands"] == 2 for d in list(drawn.values())[:9]), drawn

@@ -128,7 +128,13 @@ def render(data: dict, plotlyjs: bool | str = True) -> str:
 
 
 def write_dashboard(sweep, verdicts: list[dict] | None = None, plotlyjs: bool | str = True) -> Path:
-    """``<sweep>/dashboard.html`` from a ``Sweep`` and the report's structured verdict rows."""
+    """``<sweep>/dashboard.html`` from a ``Sweep`` and the report's structured verdict rows. ``plotlyjs``: True
+    embeds plotly.js; a path relative to the sweep folder loads a shared copy from there (written if absent,
+    e.g. ``../plotly.min.js`` for the committed studies)."""
+    if isinstance(plotlyjs, str) and not (sweep.dir / plotlyjs).exists():
+        from plotly.offline import get_plotlyjs
+
+        (sweep.dir / plotlyjs).write_text(get_plotlyjs(), encoding="utf-8")
     path = sweep.dir / "dashboard.html"
     path.write_text(render(dashboard_data(sweep, verdicts), plotlyjs), encoding="utf-8")
     return path

@@ -75,7 +75,7 @@ def dashboard_data(sweep, verdicts: list[dict] | None = None) -> dict:
         "ok": len(sweep.ok),
         "panels": [{"field": f, "wandb_key": wandb_key(f), "title": t, "y_label": y} for f, t, y in PANELS if f in present],
         "views": views,
-        "verdicts": [{"text": v["text"].lstrip("- "), "series": v.get("series"), "role": v.get("role")}
+        "verdicts": [{"text": v["text"].lstrip("- ").replace("**", ""), "series": v.get("series"), "role": v.get("role")}
                      for v in verdicts or []],
     }
 
