@@ -1,6 +1,14 @@
-"""Save a pruned model as a Hugging Face folder, and load it back with identical weights."""
+"""Save a pruned model as a Hugging Face folder, and load it back with identical weights.
+
+Where every decoder layer kept the same widths (e.g. ``pruning=uniform``, or ``pruning=global`` with
+``pruning.uniform_widths=true``) the folder is a standard one of the source family (``model_type: llama``
+with the kept ``num_attention_heads``, ``num_key_value_heads``, ``intermediate_size`` and the unchanged
+``head_dim``): plain ``AutoModelForCausalLM.from_pretrained``, serving and conversion tools read it. Only
+where the widths differ per layer is it a ``pruned_<base>`` folder with its modeling file.
+"""
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -9,28 +17,58 @@ from torch import nn
 import prune.modeling_pruned as modeling
 from prune.structure import base_model_type, model_shape
 
+log = logging.getLogger(__name__)
+
+
+def uniform_widths(model: nn.Module) -> list[int] | None:
+    """``[num_heads, num_kv_heads, intermediate_size]`` shared by every decoder layer (no block emptied), else None."""
+    shapes = {tuple(s.as_list()) for s in model_shape(model).layers}
+    if len(shapes) != 1:
+        return None
+    shape = list(shapes.pop())
+    return shape if min(shape) > 0 else None
+
+
+def _config_data(model: nn.Module) -> dict:
+    data = model.config.to_dict()
+    for key in ("model_type", "architectures", "auto_map", "layer_shapes"):
+        data.pop(key, None)
+    # the head size stays that of the source when heads are removed (hidden_size / heads no longer gives it)
+    data["head_dim"] = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
+    return data
+
 
 def save_pruned(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
-    """Write config (with ``layer_shapes``), safetensors, tokenizer and the modeling file to ``out_dir``."""
+    """Write config, safetensors and tokenizer to ``out_dir``: a standard config of the source family where
+    every layer kept the same widths, else a ``pruned_<base>`` config (``layer_shapes``) and its modeling file."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = base_model_type(model.config)
     config_cls, model_cls = modeling.PRUNED_CLASSES[base]
-    data = model.config.to_dict()
-    for key in ("model_type", "architectures", "auto_map"):
-        data.pop(key, None)
-    config = config_cls.from_dict(data)
-    config.layer_shapes = [s.as_list() for s in model_shape(model).layers]
-    config.auto_map = {
-        "AutoConfig": f"modeling_pruned.{config_cls.__name__}",
-        "AutoModelForCausalLM": f"modeling_pruned.{model_cls.__name__}",
-    }
+    data = _config_data(model)
+    widths = uniform_widths(model)
+    if widths:
+        config_cls, model_cls = config_cls.__bases__[0], model_cls.__bases__[0]  # LlamaConfig, LlamaForCausalLM, ...
+        data.update(num_attention_heads=widths[0], num_key_value_heads=widths[1], intermediate_size=widths[2])
+        config = config_cls.from_dict(data)
+        log.info("pruned model: every layer keeps %d heads, %d KV heads, %d MLP channels: saved as a standard %s "
+                 "model (plain from_pretrained loads it)", *widths, base)
+    else:
+        config = config_cls.from_dict(data)
+        config.layer_shapes = [s.as_list() for s in model_shape(model).layers]
+        config.auto_map = {
+            "AutoConfig": f"modeling_pruned.{config_cls.__name__}",
+            "AutoModelForCausalLM": f"modeling_pruned.{model_cls.__name__}",
+        }
+        log.info("pruned model: widths differ per layer: saved as %s (load with `import prune` or trust_remote_code=True;"
+                 " pruning.uniform_widths=true gives a standard %s model)", config.model_type, base)
     model.config = config
     model.__class__ = model_cls  # same modules and weights; only the class that knows the layer shapes
     model.save_pretrained(str(out))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
-    shutil.copyfile(modeling.__file__, out / "modeling_pruned.py")
+    if not widths:
+        shutil.copyfile(modeling.__file__, out / "modeling_pruned.py")
     return out
 
 

@@ -1,4 +1,5 @@
-"""``prune-dashboard <sweep folder>``: a sweep's W&B workspace as code (the ``wandb-workspaces`` library).
+"""``prune-dashboard <sweep folder>``: the sweep's offline dashboard (``dashboard.html``, see
+``prune.sweep.html_dashboard``) and its W&B workspace as code (the ``wandb-workspaces`` library).
 
 The panels are built from what the sweep's jobs wrote (``metrics.json``: eval lengths, tasks, recovery,
 importance accuracy), with the metric keys the jobs log to W&B (``prune.job.tracked``, ``prune.recovery``,
@@ -141,23 +142,46 @@ def write_definition(sweep_dir: Path, f: dict, workspace) -> Path:
     return path
 
 
+def write_offline(sweep: Path, plotlyjs: str | None = None) -> Path:
+    """``<sweep>/dashboard.html`` with the verdicts of its ``verdicts.json`` (the last report); with ``plotlyjs``,
+    a path relative to the sweep folder, plotly.js is read from there (written once) instead of embedded."""
+    from prune.sweep.conditions import Sweep
+    from prune.sweep.html_dashboard import write_dashboard
+
+    verdicts_path = sweep / "verdicts.json"
+    verdicts = json.loads(verdicts_path.read_text()).get("structured") if verdicts_path.exists() else None
+    return write_dashboard(Sweep(sweep), verdicts, plotlyjs or True)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="prune-dashboard", description="Build a sweep's W&B workspace (wandb-workspaces).")
+    parser = argparse.ArgumentParser(prog="prune-dashboard", description=(
+        "Write a sweep's offline dashboard (dashboard.html) and its W&B workspace (wandb-workspaces)."))
     parser.add_argument("sweep_dir", help="a multirun folder whose job folders hold metrics.json")
     parser.add_argument("--online", action="store_true", help="save the workspace to W&B (after `wandb sync`) and print its URL")
     parser.add_argument("--entity", help="W&B entity (default: logger.entity, else your default entity)")
     parser.add_argument("--group", help="W&B group of the runs (default: the sweep folder's name)")
     parser.add_argument("--name", help="workspace name")
+    parser.add_argument("--plotlyjs", metavar="PATH", help=(
+        "load plotly.js from PATH (relative to the sweep folder; written there if absent) instead of embedding "
+        "it, e.g. ../plotly.min.js for folders that share one copy"))
     args = parser.parse_args(argv)
     sweep = Path(args.sweep_dir)
     from prune.sweep.jobs import has_jobs
 
     if not has_jobs(sweep):
         raise SystemExit(f"prune-dashboard: no */metrics.json under {sweep}: is it a sweep folder?")
+    print(f"offline dashboard written to {write_offline(sweep, args.plotlyjs)} (open it in any browser)")
+    online = args.online or os.environ.get("WANDB_MODE") == "online"
+    try:
+        import wandb_workspaces  # noqa: F401
+    except ImportError:
+        if online:
+            raise SystemExit(f"prune-dashboard: {INSTALL_HINT}") from None
+        print(f"no W&B workspace definition: {INSTALL_HINT}", file=sys.stderr)
+        return
     facts = sweep_facts(sweep)
     if args.group:
         facts["group"] = args.group
-    online = args.online or os.environ.get("WANDB_MODE") == "online"
     entity = args.entity
     if online and not (entity or facts.get("entity")):
         import wandb

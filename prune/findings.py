@@ -1,14 +1,15 @@
-"""Committed studies: compact per-job archives, and README findings generated from their verdicts.
+"""Committed studies: compact per-job archives, and the findings page generated from their verdicts.
 
 ``prune-report <sweep> --archive experiments/results/<name>`` copies what a report needs from every job
 folder (``metrics.json``, ``plan.json``, the job's ``.hydra/*.yaml``; never weights or W&B files) and the
 sweep's ``multirun.yaml``, then builds the report there, so anyone can rebuild it from the repository:
 ``prune-report experiments/results/<name> --no-wandb``.
 
-``python -m prune.findings`` rewrites the README block between ``<!-- findings:start -->`` and
-``<!-- findings:end -->`` from the committed reports (their PPL tables and verdict lines, verbatim; per
-study a failing negative control first, then the primary endpoint, then the secondary lines), so a README
-finding can never say more than its report's verdict; ``--check`` fails if the block is stale.
+``python -m prune.findings`` rewrites the block of ``docs/findings.md`` (the README keeps the headline)
+between ``<!-- findings:start -->`` and ``<!-- findings:end -->`` from the committed reports (their PPL
+tables and verdict lines, verbatim; per study a failing negative control first, then the primary
+endpoint, then the secondary lines), so a
+finding there can never say more than its report's verdict; ``--check`` fails if the block is stale.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
 JOB_FILES = ("metrics.json", "plan.json", ".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml")
-# the studies the README reports, in order, with the verdict kinds it quotes
+# the studies the findings page reports, in order, with the verdict kinds it quotes
 STUDIES = ("control_seq_len", "seq_len_128_vs_512", "stories260k_128_vs_512", "fisher_scale", "fisher_scale_stories260k",
            "importance_methods", "depth_seq_len", "recovery_128_vs_512")
 QUOTED = ("ppl", "accuracy", "overlap")
@@ -46,7 +47,7 @@ def archive(sweep_dir: Path, dest: Path) -> int:
 
 
 def study_block(folder: Path) -> list[str]:
-    """The README lines of one committed study: its PPL table and its verdicts of the quoted kinds."""
+    """The findings-page lines of one committed study: its PPL table and its verdicts of the quoted kinds."""
     data = json.loads((folder / "verdicts.json").read_text())
     report = (folder / "report.md").read_text().splitlines()
     header = next((line for line in report if line.startswith("| ") and "PPL@" in line), None)
@@ -77,10 +78,11 @@ def findings_block(results: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="README findings from the committed study reports.")
+    parser = argparse.ArgumentParser(description="The findings page (docs/findings.md) from the committed study reports.")
     parser.add_argument("--results", default=str(REPO / "experiments" / "results"))
-    parser.add_argument("--readme", default=str(REPO / "README.md"))
-    parser.add_argument("--check", action="store_true", help="exit 1 if the README block differs from the reports")
+    parser.add_argument("--page", "--readme", dest="readme", default=str(REPO / "docs" / "findings.md"),
+                        help="the Markdown file whose findings block is rewritten")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the findings block differs from the reports")
     args = parser.parse_args(argv)
     readme = Path(args.readme)
     text = readme.read_text()
@@ -90,11 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     new = text[: text.index(START)] + block + text[text.index(END) + len(END):]
     if args.check:
         if new != text:
-            print("README findings are stale: run python -m prune.findings", file=sys.stderr)
+            print(f"{readme.name} findings are stale: run python -m prune.findings", file=sys.stderr)
             raise SystemExit(1)
         return
     readme.write_text(new)
-    print(f"README findings rewritten from {args.results}")
+    print(f"{readme} findings rewritten from {args.results}")
 
 
 if __name__ == "__main__":

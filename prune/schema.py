@@ -219,8 +219,13 @@ class Width(Strategy):
 
 
 @dataclass
-class Global(Width):
+class Ranked(Width):
     normalize: Normalize = setting()
+
+
+@dataclass
+class Global(Ranked):
+    uniform_widths: bool = setting()
 
 
 @dataclass
@@ -236,7 +241,7 @@ class LayerWeighted(Width):
 
 
 @dataclass
-class Hybrid(Global):
+class Hybrid(Ranked):
     unit: Unit = setting()
     layer_importance: Method = MISSING
     depth_share: float = setting("fraction[0,1]")

@@ -88,3 +88,101 @@ def test_a_folder_missing_a_weight_is_refused_not_reinitialised(tmp_path):
     save_file({k: v for k, v in weights.items() if k != dropped}, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match="missing_keys.*o_proj"):
         load_pruned(tmp_path)
+
+
+def _uniform(arch):
+    """Every layer keeps 1 of 2 KV groups (2 of 4 query heads) and 3 of 24 MLP channels, different ones per layer."""
+    model = tiny_model(arch)
+    plan = PruningPlan.keep_all(model_shape(model))
+    plan.keep_attention = [[1], [0], [1]]
+    plan.keep_mlp = [[0, 5, 6], [1, 2, 3], [4, 20, 23]]
+    return apply_plan(model, plan)
+
+
+def test_uniform_widths_save_a_standard_config_that_plain_transformers_loads(tmp_path, caplog):
+    """No prune, no trust_remote_code, a fresh interpreter: the standard class of the source family gives
+    identical logits, for every supported family."""
+    caplog.set_level("INFO", logger="prune.checkpoint")
+    for arch in ("llama", "mistral", "qwen2"):
+        model = _uniform(arch)
+        with torch.no_grad():
+            torch.save(model(input_ids=X).logits, tmp_path / f"{arch}.pt")
+        save_pruned(model, None, tmp_path / arch)
+        config = json.loads((tmp_path / arch / "config.json").read_text())
+        assert config["model_type"] == arch and config["architectures"] == [type(tiny_model(arch)).__name__]
+        assert "auto_map" not in config and "layer_shapes" not in config
+        assert (config["num_attention_heads"], config["num_key_value_heads"], config["intermediate_size"]) == (2, 1, 3)
+        assert config["head_dim"] == 8 and not (tmp_path / arch / "modeling_pruned.py").exists()
+    assert sum("saved as a standard" in r.message for r in caplog.records) == 3
+    torch.save(X, tmp_path / "x.pt")
+    script = f"""
+import sys, torch
+torch.set_num_threads({torch.get_num_threads()})
+sys.modules['prune'] = None  # make `import prune` fail: only transformers is used
+from transformers import AutoModelForCausalLM
+x = torch.load({str(tmp_path / 'x.pt')!r})
+for arch in ("llama", "mistral", "qwen2"):
+    m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r} + "/" + arch)
+    print(arch, type(m).__name__, (m(input_ids=x).logits - torch.load({str(tmp_path)!r} + f"/{{arch}}.pt")).abs().max().item())
+"""
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:3] == ["llama LlamaForCausalLM 0.0", "mistral MistralForCausalLM 0.0", "qwen2 Qwen2ForCausalLM 0.0"]
+
+
+def test_differing_widths_say_so_when_saving(tmp_path, caplog):
+    caplog.set_level("INFO", logger="prune.checkpoint")
+    save_pruned(_pruned("llama"), None, tmp_path)
+    assert any("widths differ per layer: saved as pruned_llama" in r.message for r in caplog.records)
+
+
+PLAIN_LOAD = """
+import sys, torch
+torch.set_num_threads(1)
+sys.modules['prune'] = None  # make `import prune` fail: only transformers is used
+from transformers import AutoModelForCausalLM
+m = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+torch.save(m(input_ids=torch.load(sys.argv[2])).logits, sys.argv[3])
+print(type(m).__name__)
+"""
+
+
+@pytest.mark.parametrize("overrides", [["pruning=uniform"], ["pruning=global", "pruning.uniform_widths=true"]],
+                         ids=["uniform", "global-uniform_widths"])
+def test_a_job_with_uniform_widths_saves_a_model_plain_transformers_loads(tiny_testbed, tmp_path, overrides):
+    from conftest import compose_config
+
+    from prune.job import run_job
+
+    cfg = compose_config("testbed=tiny", "num_samples=4", "batch_size=2", "seq_len=64", "eval.lengths=[64]",
+                         "logger=none", "progress=false", "pruning.ratio=0.3", *overrides)
+    metrics = run_job(cfg, tmp_path / "job")
+    assert metrics["status"] == "ok", metrics.get("error")
+    assert len({(k["attention_kept_fraction"], k["mlp_kept_fraction"]) for k in metrics["kept"]}) == 1
+    assert 0.2 < metrics["prunable_ratio_removed"] < 0.4
+    folder = metrics["pruned_model_dir"]
+    config = json.loads((Path(folder) / "config.json").read_text())
+    assert config["model_type"] == "llama" and "auto_map" not in config
+    x = torch.randint(0, config["vocab_size"], (2, 33), generator=torch.Generator().manual_seed(1))
+    torch.save(x, tmp_path / "x.pt")
+    out = subprocess.run([sys.executable, "-c", PLAIN_LOAD, folder, tmp_path / "x.pt", tmp_path / "plain.pt"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "LlamaForCausalLM"
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        ours = load_pruned(folder)(input_ids=x).logits
+    assert (torch.load(tmp_path / "plain.pt") - ours).abs().max().item() == 0.0
+    assert sum(p.numel() for p in load_pruned(folder).parameters()) == metrics["params_after"]
+
+
+def test_uniform_widths_refuses_protected_layers():
+    from conftest import compose_config
+    from hydra.utils import instantiate
+
+    from prune.errors import PruningError
+
+    strategy = instantiate(compose_config("pruning.uniform_widths=true", "pruning.keep_first=1").pruning)
+    with pytest.raises(PruningError, match="keep_first=1"):
+        strategy.check(model_shape(tiny_model()))

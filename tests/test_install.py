@@ -75,6 +75,9 @@ def test_the_wheel_ships_every_config_file(wheel):
     assert {"prune/conf/config.yaml", "prune/conf/hydra/job_logging/prune.yaml", "prune/conf/experiment/seq_len_sweep.yaml",
             "prune/conf/importance/base/taylor.yaml", "prune/conf/pruning/layer_importance/layer.yaml"} <= expected
     assert expected | {"prune/conf/__init__.py", "prune/schema.py"} <= names, sorted(expected - names)
+    weights = REPO / "prune" / "testbed" / "weights"
+    shipped = {f"prune/testbed/weights/{p.relative_to(weights).as_posix()}" for p in weights.rglob("*") if p.is_file()}
+    assert any(n.endswith("/model.safetensors") for n in shipped) and shipped <= names, sorted(shipped - names)
 
 
 @pytest.mark.slow

@@ -110,6 +110,10 @@ def test_an_archived_sweep_rebuilds_the_same_verdicts_from_its_compact_files(swe
     original = json.loads((folder / "verdicts.json").read_text())["verdicts"]
     rebuilt = json.loads((dest / "verdicts.json").read_text())["verdicts"]
     assert rebuilt == original and len(rebuilt) > 4
+    # committed studies share one plotly.js beside them instead of embedding 4 MB each
+    page = (dest / "dashboard.html").read_text()
+    assert '<script charset="utf-8" src="../plotly.min.js"></script>' in page and len(page) < 1_000_000
+    assert (dest.parent / "plotly.min.js").stat().st_size > 3_000_000 and (folder / "dashboard.html").stat().st_size > 3_000_000
 
 
 def test_readme_findings_are_the_committed_reports_verdicts():

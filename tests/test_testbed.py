@@ -1,4 +1,5 @@
 """The testbed corpus has the long-range structure it promises; the trained model uses it (slow)."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,67 @@ def test_default_testbed_learns_long_range_facts(cache_dir):
     assert res[1024]["accuracy"] > 4 * chance
     assert res[128]["accuracy"] < 2 * chance
     assert res[1024]["loss"] < res[128]["loss"] - 0.8
+
+
+def _default_spec():
+    from omegaconf import OmegaConf
+
+    from conftest import compose_config
+
+    return TestbedSpec.from_dict(OmegaConf.to_container(compose_config().testbed, resolve=True))
+
+
+def _shipped_digests() -> tuple[str, dict]:
+    from prune.testbed.build import model_dir
+    from prune.testbed.shipped import DIGESTS, shipped_folder
+
+    name = model_dir(_default_spec(), "unused").name
+    folder = shipped_folder(name)
+    assert folder is not None, f"no shipped weights for the default testbed ({name}): run python -m prune.testbed.shipped"
+    return name, json.loads((folder / DIGESTS).read_text())
+
+
+def test_the_default_testbed_comes_shipped_and_trains_nothing(tmp_path, monkeypatch):
+    """From an empty cache the default testbed is the package's weights, checked by digest; no training runs."""
+    import prune.testbed.train
+    from transformers import AutoModelForCausalLM
+
+    from prune.testbed.build import ensure_model
+    from prune.testbed.shipped import sha256
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the default testbed was trained")
+
+    monkeypatch.setattr(prune.testbed.train, "train_model", no_training)
+    name, digests = _shipped_digests()
+    folder = ensure_model(_default_spec(), tmp_path, progress=False)
+    assert folder.name == name and sha256(folder / "model.safetensors") == digests["model.safetensors"]
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.config.num_hidden_layers == 6 and (folder / "tokenizer.json").exists()
+
+
+def test_a_shipped_copy_that_fails_its_digest_is_not_used(tmp_path):
+    import shutil
+
+    from prune.testbed.shipped import WEIGHTS, install
+
+    name, _ = _shipped_digests()
+    copy = tmp_path / "weights" / name
+    shutil.copytree(WEIGHTS / name, copy)
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    assert not install(name, tmp_path / "dest", root=tmp_path / "weights")
+    assert not (tmp_path / "dest").exists()
+    assert install(name, tmp_path / "good", root=WEIGHTS) and (tmp_path / "good" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_retraining_reproduces_the_shipped_weights_bit_identically(tmp_path):
+    """The fallback gives the same model: training the default spec again writes the shipped bytes."""
+    from prune.testbed.build import ensure_model
+    from prune.testbed.shipped import sha256
+
+    _, digests = _shipped_digests()
+    folder = ensure_model(_default_spec(), tmp_path, progress=False, use_shipped=False)
+    assert sha256(folder / "model.safetensors") == digests["model.safetensors"]

@@ -13,10 +13,21 @@ from prune.structure import ATTENTION, MLP, GroupScores, ModelShape
 
 @dataclass
 class Global(Strategy):
-    """Rank every group of every layer by importance / parameter cost; remove the lowest until the target."""
+    """Rank every group of every layer by importance / parameter cost; remove the lowest until the target.
+
+    With ``uniform_widths`` the ranking only decides how many attention groups and MLP channels a layer keeps
+    on average; every layer then keeps that many, its best-scored ones, so that all layers have one shape
+    (a standard model of the source family, see ``prune.checkpoint``)."""
 
     normalize: str = "none"
+    uniform_widths: bool = False
     name: str = "global"
+
+    def check(self, shape: ModelShape) -> None:
+        super().check(shape)
+        if self.uniform_widths and (self.keep_first or self.keep_last):
+            raise PruningError(f"pruning.uniform_widths=true keeps every layer's width equal, which protected layers "
+                               f"(keep_first={self.keep_first}, keep_last={self.keep_last}) cannot; set both to 0")
 
     def plan(self, scores: GroupScores, shape: ModelShape, layer_scores: dict | None = None) -> PruningPlan:
         self._require_groups(scores)
@@ -26,8 +37,22 @@ class Global(Strategy):
         removed = self._width(normalize_per_layer(scores, self.normalize), shape, keep, {None: target})
         if removed < target:
             raise PruningError(f"pruning.ratio={self.ratio} is unreachable under the protections; lower the ratio")
-        self._round_widths(keep, scores, shape)
+        if self.uniform_widths:
+            self._equalize(keep, scores, shape)
+        else:
+            self._round_widths(keep, scores, shape)
         return self._plan(keep)
+
+    def _equalize(self, keep: dict, scores: GroupScores, shape: ModelShape) -> None:
+        """Every layer keeps the mean kept count of each block (MLP rounded to ``width_multiple``), best scores first."""
+        m = int(self.width_multiple or 1)
+        for block, minimum in ((ATTENTION, self.min_attention_groups), (MLP, self.min_mlp_channels)):
+            dense = min(shape.group_counts(block))
+            width = sum(len(k) for k in keep[block]) / len(keep[block])
+            width = round(width / m) * m if block == MLP and m > 1 else round(width)
+            width = min(max(width, minimum, 1), dense)
+            for layer, layer_scores in enumerate(scores.block(block)):
+                keep[block][layer] = set(torch.argsort(layer_scores, descending=True, stable=True)[:width].tolist())
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The report of a sweep folder: tables, figures, verdicts and ``report.md``, and its W&B run."""
+"""The report of a sweep folder: tables, figures, verdicts, ``report.md``, ``dashboard.html`` and its W&B run."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,7 @@ from pathlib import Path
 from prune.sweep import after, figures
 from prune.sweep.comparisons import verdicts as comparisons
 from prune.sweep.conditions import Sweep
+from prune.sweep.html_dashboard import write_dashboard
 from prune.sweep.jobs import logger_config
 from prune.sweep.markdown import markdown
 from prune.sweep.study import finalize
@@ -14,7 +15,7 @@ from prune.sweep.table import summary_rows, write_tables
 
 
 class Report(Sweep):
-    def build(self, log_wandb: bool = True) -> Path:
+    def build(self, log_wandb: bool = True, plotlyjs: bool | str = True) -> Path:
         write_tables(self.dir, self.jobs)
         figures.plot_ppl(self)
         figures.plot_accuracy(self)
@@ -28,6 +29,7 @@ class Report(Sweep):
         (self.dir / "verdicts.json").write_text(json.dumps(
             {"failed": study["failed"], "study": study, "verdicts": [v["text"] for v in rows], "structured": rows,
              "overlaps": overlaps}, indent=2, default=str))
+        write_dashboard(self, rows, plotlyjs)  # dashboard.html: the per-layer panels and these verdicts, offline
         if log_wandb:
             self.log_to_wandb()
         return self.dir / "report.md"
@@ -51,5 +53,5 @@ class Report(Sweep):
             tracker.finish(ok)
 
 
-def build_report(sweep_dir: str | Path, log_wandb: bool = True) -> Path:
-    return Report(sweep_dir).build(log_wandb=log_wandb)
+def build_report(sweep_dir: str | Path, log_wandb: bool = True, plotlyjs: bool | str = True) -> Path:
+    return Report(sweep_dir).build(log_wandb=log_wandb, plotlyjs=plotlyjs)

@@ -209,11 +209,19 @@ def model_config(spec: TestbedSpec):
     )
 
 
-def ensure_model(spec: TestbedSpec, cache_dir: str | os.PathLike, progress: bool = True) -> Path:
-    """A Hugging Face folder (config, safetensors, tokenizer) of the trained testbed model, built once."""
+def ensure_model(spec: TestbedSpec, cache_dir: str | os.PathLike, progress: bool = True, use_shipped: bool = True) -> Path:
+    """A Hugging Face folder (config, safetensors, tokenizer) of the trained testbed model, built once: the
+    weights shipped with the package where they are this spec's (``prune.testbed.shipped``), else trained."""
     data = ensure_data(spec.corpus, cache_dir)
 
     def build(tmp: Path):
+        from transformers import AutoTokenizer
+
+        from prune.testbed.shipped import install
+
+        if use_shipped and install(model_dir(spec, cache_dir).name, tmp):
+            AutoTokenizer.from_pretrained(str(data / "tokenizer")).save_pretrained(str(tmp))
+            return
         log.info("Training the testbed model once (cached in %s)", model_dir(spec, cache_dir))
         from prune.testbed.train import recall_accuracy, train_model
 
@@ -225,8 +233,6 @@ def ensure_model(spec: TestbedSpec, cache_dir: str | os.PathLike, progress: bool
         history["test_long_range_accuracy"] = {"window": spec.training.long_window, "accuracy": acc, "targets": count}
         log.info("Testbed trained in %ss; long-range recall on held-out text: %.3f", history["seconds"], acc)
         model.save_pretrained(str(tmp))
-        from transformers import AutoTokenizer
-
         AutoTokenizer.from_pretrained(str(data / "tokenizer")).save_pretrained(str(tmp))
         (tmp / "testbed.json").write_text(json.dumps({"spec": asdict(spec), "training": history}, indent=2))
 
