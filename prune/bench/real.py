@@ -89,7 +89,8 @@ def bench_eval_real(model, preset: dict, tokens: int, repeats: int, warmup: int)
 
 def _run_job(name: str, text: str, folder: Path, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "prune.run", f"model={name}", "data=text_split", f"data.file={text}", "seq_len=512",
-           "pruning.ratio=0.2", "logger=none", "progress=false", f"hydra.run.dir={folder}", *extra]
+           "pruning.ratio=0.2", "logger=none", "progress=false", f"hydra.run.dir={folder}",
+           "eval.cache_after=false", *extra]  # the dense evaluation may come from the cache, the pruned one never
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -199,6 +200,10 @@ def main(args) -> int:
     report = {"model": args.model, "preset": preset, "context": {"threads": torch.get_num_threads(), "load_start": os.getloadavg(),
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__, "argv": sys.argv[1:]}}
     out = Path(args.out)
+    if out.exists():  # sections not run this time keep their last numbers (each says when: its own context)
+        old = json.loads(out.read_text())
+        report.update({k: old[k] for k in SECTIONS if k in old and k not in sections})
+        report["context"]["kept_from_earlier_run"] = {k: old.get("context") for k in SECTIONS if k in old and k not in sections}
 
     def save():
         report["goals"] = goals(report)
