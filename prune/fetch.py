@@ -14,7 +14,6 @@ command; ``model=<name>`` fetches on first use.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prune.errors import PruneLabError, first_line
+from prune.files import file_sha256
 
 log = logging.getLogger(__name__)
 PROVENANCE = "PROVENANCE.json"
@@ -172,14 +172,6 @@ def _convert(spec: PackagedModel, gguf: Path, out: Path, expected: str) -> None:
         "safetensors_sha256": file_sha256(out / "model.safetensors"), "files": files,
     }
     (out / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _version(package: str) -> str | None:

@@ -13,11 +13,12 @@ Refresh after a change to the build (as the maintainer)::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 from pathlib import Path
+
+from prune.files import file_sha256
 
 log = logging.getLogger(__name__)
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -25,12 +26,7 @@ FILES = ("config.json", "generation_config.json", "model.safetensors", "testbed.
 DIGESTS = "sha256.json"
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256 = file_sha256
 
 
 def shipped_folder(name: str, root: Path | None = None) -> Path | None:
