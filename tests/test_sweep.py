@@ -20,7 +20,7 @@ def prune_run(*args, cwd):
 @pytest.fixture(scope="module")
 def sweep(tiny_testbed, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
-    out = prune_run("experiment=seq_len_128_vs_512", *SMALL, "seed=0,1", "budget=samples,tokens", "pruning.ratio=0.3",
+    out = prune_run("experiment=seq_len_128_vs_512", *SMALL, "importance=taylor_2nd", "seed=0,1", "budget=samples,tokens", "pruning.ratio=0.3",
                     f"hydra.sweep.dir={tmp / 'study'}", "logger.project=test", cwd=tmp)
     assert out.returncode == 0, out.stderr[-3000:]
     return tmp / "study", out
@@ -70,7 +70,7 @@ def test_rerunning_the_sweep_skips_finished_jobs_and_redoes_missing_ones(sweep, 
     )
     before = {p: p.stat().st_mtime for p in folder.glob("*/metrics.json")}
     (redo / "metrics.json").unlink()  # as if that job had been killed
-    out = prune_run("experiment=seq_len_128_vs_512", *SMALL, "seed=0,1", "budget=samples,tokens", "pruning.ratio=0.3",
+    out = prune_run("experiment=seq_len_128_vs_512", *SMALL, "importance=taylor_2nd", "seed=0,1", "budget=samples,tokens", "pruning.ratio=0.3",
                     f"hydra.sweep.dir={folder}", "logger.project=test", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stderr.count("skipping") == 7
