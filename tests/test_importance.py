@@ -244,7 +244,8 @@ def test_out_of_memory_splits_batches_without_changing_scores(fisher):
         if ids.shape[0] > 1:
             raise torch.OutOfMemoryError("simulated CUDA out of memory")
 
-    handle = model.register_forward_pre_hook(fail_on_big_batches, with_kwargs=True)
+    # on the model's body: every pass runs it (the chunked loss calls model.model, not model's own forward)
+    handle = model.model.register_forward_pre_hook(fail_on_big_batches, with_kwargs=True)
     try:
         got = run("taylor_2nd", model, x, batch_size=4, fisher=fisher)
     finally:

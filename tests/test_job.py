@@ -14,7 +14,7 @@ FAST = ["testbed=tiny", "seq_len=64", "num_samples=8", "batch_size=2", "eval.len
 @pytest.fixture(scope="module")
 def finished(tiny_testbed, tmp_path_factory):
     out = tmp_path_factory.mktemp("job")
-    metrics = run_job(compose_config(*FAST), out)
+    metrics = run_job(compose_config(*FAST, "eval.cache_after=false"), out)  # evaluated here: its FLOPs are counted
     return out, metrics
 
 

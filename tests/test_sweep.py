@@ -212,7 +212,7 @@ def test_a_smaller_relaunch_into_the_same_folder_reports_only_its_own_jobs(sweep
     folder = tmp_path / "study"
     shutil.copytree(sweep[0], folder)
     # 2 of the 8 jobs: both finished already (skipped); the other 6 folders are not points of this launch
-    out = prune_run("experiment=seq_len_128_vs_512", *SMALL, "seed=0", "budget=samples", "pruning.ratio=0.3",
+    out = prune_run("experiment=seq_len_128_vs_512", *SMALL, "importance=taylor_2nd", "seed=0", "budget=samples", "pruning.ratio=0.3",
                     f"hydra.sweep.dir={folder}", "logger.project=test", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stderr.count("skipping") == 2
