@@ -19,6 +19,12 @@ from prune.structure import base_model_type, model_shape
 
 log = logging.getLogger(__name__)
 
+try:  # what a config class's validators raise in recent transformers (not a ValueError)
+    from huggingface_hub.errors import StrictDataclassError as _StrictError
+except ImportError:  # older huggingface_hub: configs are not validated
+    _StrictError = ValueError
+_CONFIG_REFUSALS = (ValueError, TypeError, _StrictError)
+
 
 def uniform_widths(model: nn.Module) -> list[int] | None:
     """``[num_heads, num_kv_heads, intermediate_size]`` shared by every decoder layer (no block emptied), else None."""
@@ -38,6 +44,21 @@ def _config_data(model: nn.Module) -> dict:
     return data
 
 
+def _standard_config(config_cls, data: dict, widths: list[int]):
+    """The source family's own config with the kept widths, or None where that class refuses them.
+
+    Recent transformers validate ``hidden_size % num_attention_heads == 0`` even when ``head_dim`` is given, so
+    e.g. 6 of 8 heads at hidden 64 cannot be a standard llama config; such a model is saved (and reloads) in the
+    ``pruned_<base>`` format instead, which keeps the source's head count in the config and the widths per layer."""
+    try:
+        return config_cls.from_dict({**data, "num_attention_heads": widths[0], "num_key_value_heads": widths[1],
+                                     "intermediate_size": widths[2]})
+    except _CONFIG_REFUSALS as err:
+        log.info("pruned model: the standard %s config refuses %d heads at hidden size %d (%s)", config_cls.__name__,
+                 widths[0], data["hidden_size"], str(err).strip().splitlines()[-1].strip())
+        return None
+
+
 def save_pruned(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
     """Write config, safetensors and tokenizer to ``out_dir``: a standard config of the source family where
     every layer kept the same widths, else a ``pruned_<base>`` config (``layer_shapes``) and its modeling file."""
@@ -47,10 +68,9 @@ def save_pruned(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
     config_cls, model_cls = modeling.PRUNED_CLASSES[base]
     data = _config_data(model)
     widths = uniform_widths(model)
-    if widths:
-        config_cls, model_cls = config_cls.__bases__[0], model_cls.__bases__[0]  # LlamaConfig, LlamaForCausalLM, ...
-        data.update(num_attention_heads=widths[0], num_key_value_heads=widths[1], intermediate_size=widths[2])
-        config = config_cls.from_dict(data)
+    standard = _standard_config(config_cls.__bases__[0], data, widths) if widths else None
+    if standard is not None:
+        config, model_cls = standard, model_cls.__bases__[0]  # LlamaConfig, LlamaForCausalLM, ...
         log.info("pruned model: every layer keeps %d heads, %d KV heads, %d MLP channels: saved as a standard %s "
                  "model (plain from_pretrained loads it)", *widths, base)
     else:

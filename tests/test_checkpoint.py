@@ -186,3 +186,32 @@ def test_uniform_widths_refuses_protected_layers():
     strategy = instantiate(compose_config("pruning.uniform_widths=true", "pruning.keep_first=1").pruning)
     with pytest.raises(PruningError, match="keep_first=1"):
         strategy.check(model_shape(tiny_model()))
+
+
+def test_uniform_widths_the_family_config_refuses_save_in_the_pruned_format_and_reload_exactly(tmp_path, caplog):
+    """3 of 4 heads at hidden 32: recent transformers refuse hidden % heads != 0 in a standard LlamaConfig even
+    with head_dim given, so the folder is a pruned_llama one; either way it reloads to identical logits."""
+    from transformers import LlamaConfig
+
+    caplog.set_level("INFO", logger="prune.checkpoint")
+    model = tiny_model("llama", num_key_value_heads=4)  # 4 KV groups of one head each
+    plan = PruningPlan.keep_all(model_shape(model))
+    plan.keep_attention = [[0, 1, 3], [0, 2, 3], [1, 2, 3]]
+    model = apply_plan(model, plan)
+    with torch.no_grad():
+        before = model(input_ids=X).logits
+    save_pruned(model, None, tmp_path)
+    try:
+        LlamaConfig(hidden_size=32, num_attention_heads=3, num_key_value_heads=3, head_dim=8)
+        refused = False
+    except Exception:  # noqa: BLE001  (whatever the installed transformers raises for it)
+        refused = True
+    config = json.loads((tmp_path / "config.json").read_text())
+    if refused:
+        assert config["model_type"] == "pruned_llama" and config["layer_shapes"] == [[3, 3, 24]] * 3
+        assert any("refuses 3 heads at hidden size 32" in r.message for r in caplog.records)
+    else:
+        assert config["model_type"] == "llama" and config["num_attention_heads"] == 3
+    reloaded = load_pruned(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=X).logits, before)
