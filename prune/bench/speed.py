@@ -20,6 +20,7 @@ almost completely, which says nothing about a real pruned model.
 from __future__ import annotations
 
 import copy
+import inspect
 import statistics
 import time
 
@@ -73,10 +74,15 @@ class StaticDecoder:
         self.model = model
         self.new_tokens = new_tokens
         self.cache = StaticCache(config=model.config, max_cache_len=prompt_len + new_tokens)
+        # the keyword is `cache` from transformers 5.2x, `past_key_values` before: an unknown keyword is swallowed by
+        # **kwargs, and the model then decodes each token without its context (silently wrong tokens)
+        params = inspect.signature(model.forward).parameters
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self.compiled = compile_step
         self.step = torch.compile(self._step, mode="reduce-overhead") if compile_step else self._step
 
     def _step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        logits = self.model(input_ids=tokens, position_ids=positions, cache=self.cache, use_cache=True).logits
+        logits = self.model(input_ids=tokens, position_ids=positions, use_cache=True, **{self.cache_kwarg: self.cache}).logits
         return logits[:, -1].argmax(-1, keepdim=True)
 
     @torch.no_grad()
@@ -92,8 +98,10 @@ class StaticDecoder:
         prefilled = time.perf_counter()
         out = [tok]
         for i in range(self.new_tokens - 1):
-            tok = self.step(tok, torch.full((b, 1), p + i, device=device, dtype=torch.long))
-            out.append(tok.clone())  # a CUDA graph's output is overwritten by its next replay
+            if self.compiled:  # each replay is a new step: its inputs are never a previous replay's output buffer
+                torch.compiler.cudagraph_mark_step_begin()
+            tok = self.step(tok, torch.full((b, 1), p + i, device=device, dtype=torch.long)).clone()
+            out.append(tok)  # a clone: a CUDA graph's output is overwritten by its next replay
         _sync(device)
         return torch.cat(out, dim=1), prefilled - start, time.perf_counter() - prefilled
 
