@@ -16,14 +16,12 @@ import sys
 from pathlib import Path
 
 
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion k / n."""
-    import math
+def wilson_interval(k: int, n: int) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion k / n (scipy's)."""
+    from scipy.stats import binomtest
 
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def main(argv=None) -> int:
