@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CONF, REPO
+from wandb_records import logged_summary
 
 SMALL = ["testbed=tiny", "batch_size=2", "num_samples=8", "eval.lengths=[128,512]", "eval.ground_truth.max_tokens=2048", "eval.tasks_limit=4",
          "eval.ground_truth.mlp_sample=16", "progress=false"]
@@ -60,6 +61,11 @@ def test_jobs_share_one_wandb_group_and_the_report_is_a_run(sweep):
     assert list(folder.glob("wandb/offline-run-*"))  # the report run, in the sweep folder
     config = (runs[0] / "files" / "config.yaml").read_text() if (runs[0] / "files" / "config.yaml").exists() else ""
     assert "seq_len" in config or not config
+    # every job's run carries the sweep's progress with itself counted: the group's runs table shows 1/8 ... 8/8
+    summaries = [logged_summary(run) for run in runs]
+    assert sorted(s["sweep/done"] for s in summaries) == list(range(1, 9))
+    assert {s["sweep/total"] for s in summaries} == {8}
+    assert all(s["sweep/eta_s"] >= 0 for s in summaries if s["sweep/done"] < 8)
 
 
 def test_rerunning_the_sweep_skips_finished_jobs_and_redoes_missing_ones(sweep, tmp_path):

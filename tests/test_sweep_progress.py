@@ -6,7 +6,7 @@ import sys
 
 from omegaconf import OmegaConf
 
-from prune.sweep.progress import clock, progress, progress_line
+from prune.sweep.progress import clock, progress, progress_line, wandb_values
 
 START = 1_800_000_000.0
 
@@ -43,6 +43,16 @@ def test_no_estimate_before_a_job_of_this_launch_finished_and_a_last_line(tmp_pa
     done = _folder(tmp_path / "b", {"64-0": START + 1, "64-1": START + 2, "128-0": START + 3, "128-1": START + 3725})
     assert progress_line(done, done / "128-1", now=START + 3725).endswith("| all done in 1:02:05")
     assert clock(59.6) == "1:00" and clock(3600) == "1:00:00"
+
+
+def test_a_running_job_is_not_done_and_the_wandb_values_say_the_same(tmp_path):
+    """A parallel worker's job writes metrics.json (status running) when it starts: it must not count as done."""
+    sweep = _folder(tmp_path, {"64-0": START + 30, "64-1": START + 60})
+    (sweep / "64-1" / "metrics.json").write_text(json.dumps({"status": "running"}))
+    state = progress(sweep, now=START + 60)
+    assert (state["done"], state["fresh"]) == (1, 1) and state["eta"] == 180.0
+    assert wandb_values(sweep, now=START + 60) == {"sweep/done": 1, "sweep/total": 4, "sweep/elapsed_s": 60.0, "sweep/eta_s": 180.0}
+    assert wandb_values(tmp_path / "not-a-sweep") == {}
 
 
 def test_a_multirun_prints_one_progress_line_per_job(tiny_testbed, tmp_path):

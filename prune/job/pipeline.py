@@ -77,10 +77,24 @@ def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> d
             try:
                 tracker.summary({"status": metrics["status"], **{f"time/{k}": v for k, v in metrics["timings"].items()},
                                  **{f"peak_memory_mb/{k}": v for k, v in metrics["peak_memory_mb"].items()},
-                                 **{f"flops_per_s/{k}": v for k, v in metrics["flops_per_s"].items()}})
+                                 **{f"flops_per_s/{k}": v for k, v in metrics["flops_per_s"].items()},
+                                 **_sweep_progress(out, group)})
             finally:
                 tracker.finish(ok)
     return metrics
+
+
+def _sweep_progress(out: Path, group: str | None) -> dict:
+    """In a multirun (the job folder sits in the sweep folder), the sweep's progress with this job counted."""
+    if group is None:
+        return {}
+    from prune.sweep.progress import wandb_values
+
+    try:
+        return wandb_values(out.parent)
+    except Exception:  # noqa: BLE001 - progress must never fail a finished job
+        log.exception("could not count the sweep's progress for W&B")
+        return {}
 
 
 def failure_record(exc: BaseException) -> dict:

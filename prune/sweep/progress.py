@@ -34,6 +34,8 @@ def progress(sweep_dir: Path, now: float | None = None) -> dict | None:
         return None
     grid = launch_grid(sweep_dir)
     jobs, _ = load_jobs(sweep_dir)
+    # a job writes metrics.json with status "running" when it starts: with parallel workers that is not done
+    jobs = [j for j in jobs if (j["metrics"] or {}).get("status", "running") != "running"]
     started = started_file.stat().st_mtime
     now = time.time() if now is None else now
     fresh = sum((sweep_dir / j["folder"] / "metrics.json").stat().st_mtime >= started for j in jobs)
@@ -49,6 +51,21 @@ def progress(sweep_dir: Path, now: float | None = None) -> dict | None:
                 values.setdefault(item.partition("=")[0], set()).add(item)
         swept = {key for key, seen in values.items() if len(seen) > 1}
     return {"done": len(jobs), "total": total, "fresh": fresh, "elapsed": elapsed, "eta": eta, "swept": swept}
+
+
+def wandb_values(sweep_dir: Path, now: float | None = None) -> dict:
+    """The sweep's progress as W&B summary values of a job's run (``sweep/done``, ``sweep/total``,
+    ``sweep/elapsed_s``, ``sweep/eta_s``): the group's runs table then shows how far the sweep is and when
+    it should end. Empty outside a multirun folder."""
+    state = progress(sweep_dir, now)
+    if state is None:
+        return {}
+    values = {"sweep/done": state["done"], "sweep/elapsed_s": round(state["elapsed"], 1)}
+    if state["total"]:
+        values["sweep/total"] = state["total"]
+    if state["eta"] is not None:
+        values["sweep/eta_s"] = round(state["eta"], 1)
+    return values
 
 
 def job_label(job_dir: Path, swept: set) -> str:
