@@ -34,6 +34,20 @@ class DownstreamError(PruneLabError, ValueError):
     """A downstream-evaluation setting that cannot work; the one-line message says why."""
 
 
+class ModelFileError(PruneLabError, ValueError):
+    """A model folder whose files cannot serve: missing, unreadable, truncated, corrupt or inconsistent.
+
+    The message names the file and what is wrong (``prune.model_files``)."""
+
+
+class RecoveryError(PruneLabError, ValueError):
+    """A recovery setting that cannot work (``prune.recovery``); the one-line message says why."""
+
+
+class ProbeError(PruneLabError, ValueError):
+    """A long-context probe setting that cannot work (``prune.probe``); the one-line message says why."""
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0].strip() if text else type(exc).__name__

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prune.errors import RecoveryError  # noqa: F401  (re-exported: defined with the other refusals)
 from prune.losses import next_token_nll
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,6 @@ SCHEDULES = ("constant", "linear", "cosine")
 PEFT_HINT = "recovery=lora needs peft: pip install -e ."
 
 
-class RecoveryError(ValueError):
-    """A recovery setting that cannot work; the one-line message says why."""
 
 
 def enabled(rcfg) -> bool:

@@ -16,10 +16,13 @@ import sys
 import pytest
 
 from conftest import REPO
+from model_folders import make_folders
 
 BASE = ["testbed=tiny", "logger=none", "progress=false"]
 CUDA = pytest.importorskip("torch").cuda.is_available()
 
+SMALL_TEXT = ["data=text", "data.train_files={dir}/train.txt", "data.eval_files={dir}/eval.txt", "seq_len=8", "num_samples=4",
+              "batch_size=2", "eval.lengths=[16]"]
 # (id, overrides, what the one line must name); {dir} is a folder of prepared files (see `files`)
 TABLE = [
     # Hydra's own refusals, condensed to one line
@@ -83,6 +86,45 @@ TABLE = [
     ("hf-file", ["model=hf", "model.path={dir}/train.txt"], "is a file"),
     ("hf-no-config", ["model=hf", "model.path={dir}"], "has no config.json"),
     ("hf-gpt2", ["model=hf", "model.path={dir}/gpt2"], "model type 'gpt2' is not supported"),
+    # the model folder's files (tests/model_folders.py): refused before any work, naming the file
+    *[(f"model-{name}", ["model=hf", f"model.path={{dir}}/models/{name}"], names) for name, names in (
+        ("config-truncated", "config-truncated/config.json is not valid JSON (line 1"),
+        ("config-empty", "config-empty/config.json is empty"),
+        ("config-folder", "config-folder/config.json is a folder, not a file"),
+        ("config-bad-value", "config.json: hidden_size='32' must be a positive integer"),
+        ("no-weights", "no-weights has no weights: expected model.safetensors"),
+        ("weights-truncated", "weights-truncated/model.safetensors is truncated (the header describes more data"),
+        ("weights-empty", "weights-empty/model.safetensors is empty (0 bytes)"),
+        ("weights-lfs", "weights-lfs/model.safetensors is a Git LFS pointer, not the weights: run `git lfs pull`"),
+        ("weights-garbage", "weights-garbage/model.safetensors is not a valid safetensors file"),
+        ("weights-folder", "weights-folder/model.safetensors is a folder, not a weight file"),
+        ("shard-missing", "shard-missing/model-00002-of-00002.safetensors is missing: model.safetensors.index.json lists it"),
+        ("shard-index-corrupt", "shard-index-corrupt/model.safetensors.index.json is not valid JSON"),
+        ("shard-index-wrong", "which model.safetensors.index.json places there: the shards and the index do not match"),
+        ("shard-no-index", "has model-00001-of-00002.safetensors but neither model.safetensors nor model.safetensors.index.json"),
+        ("edited-hidden", "tensor embed_tokens.weight has shape [61, 32], but config.json implies [61, 64]"),
+        ("edited-kv-heads", "tensor layers.0.self_attn.k_proj.weight has shape [16, 32], but config.json implies [8, 32]"),
+        ("edited-heads", "tensor layers.0.self_attn.q_proj.weight has shape [32, 32], but config.json implies [16, 32]"),
+        ("edited-mlp", "tensor layers.0.mlp.gate_proj.weight has shape [24, 32], but config.json implies [48, 32]"),
+        ("edited-vocab", "tensor embed_tokens.weight has shape [61, 32], but config.json implies [32000, 32]"),
+        ("edited-more-layers", "has no tensor layers.3.self_attn.q_proj.weight"),
+        ("edited-fewer-layers", "holds weights of layer 2, but config.json says num_hidden_layers=2"),
+        ("no-lm-head", "has no lm_head.weight, but config.json says tie_word_embeddings=false"),
+        ("missing-tensor", "has no tensor layers.1.mlp.up_proj.weight"),
+        ("pruned-shapes", "config.json: layer_shapes has 2 layers but num_hidden_layers=3"),
+        ("bin-truncated", "bin-truncated/pytorch_model.bin is truncated or not a torch checkpoint"),
+        ("gguf-only", "(model-q4.gguf is not a Hugging Face weight file: convert it)"),
+        ("no-tokenizer", "no-tokenizer has no tokenizer (tokenizer.json, tokenizer.model)"),
+        ("tokenizer-truncated", "tokenizer-truncated/tokenizer.json is not valid JSON"),
+        ("tokenizer-config-truncated", "tokenizer-config-truncated/tokenizer_config.json is not valid JSON"),
+    )],
+    ("model-tokenizer_path-empty", ["model=hf", "model.path={dir}/models/good", "model.tokenizer_path={dir}/models/no-tokenizer"],
+     "model.tokenizer_path={dir}/models/no-tokenizer has no tokenizer"),
+    # read where they are loaded (before the weights): the tokenizer's own parse, its ids against vocab_size
+    ("model-tokenizer-not-a-tokenizer", ["model=hf", "model.path={dir}/models/tokenizer-not-a-tokenizer", *SMALL_TEXT],
+     "cannot load the tokenizer from {dir}/models/tokenizer-not-a-tokenizer"),
+    ("model-tokenizer-other-model", ["model=hf", "model.path={dir}/models/tokenizer-other-model", *SMALL_TEXT],
+     "produces token id 10"),
     ("cache_dir", ["cache_dir=/proc/prune-lab-cache"], "cache_dir /proc/prune-lab-cache is not writable"),
     ("task_dir", ["eval.task_dir=/nonexistent/tasks"], "eval.task_dir=/nonexistent/tasks: no such folder"),
     # files
@@ -118,6 +160,7 @@ def files(tmp_path_factory):
     (folder / "empty.txt").write_text("\n")
     (folder / "model.bin").write_bytes(bytes(range(256)) * 4)
     GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(folder / "gpt2")  # a config, no weights
+    make_folders(folder / "models")
     return folder
 
 

@@ -42,6 +42,10 @@ def load_data(cfg, model_source, data_source, model_config, lengths, methods, me
     tokenizer = model_source.tokenizer()
     train_stream = _tokenize_split(data_source, "train", tokenizer, cfg.seed)
     test_stream = _tokenize_split(data_source, "test", tokenizer, cfg.seed)
+    from prune.model_files import check_vocabulary
+
+    highest = max((int(s.max()) for s in (train_stream, test_stream) if len(s)), default=0)
+    check_vocabulary(highest, model_config, cfg.model.get("tokenizer_path") or model_source.describe())
     roles = {m.uses for m in methods if m is not None and m.uses}
     windows = {
         role: calibration_windows(
