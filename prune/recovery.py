@@ -88,6 +88,12 @@ def check_recovery(rcfg, max_positions: int | None = None) -> None:
         raise RecoveryError(PEFT_HINT) from exc
 
 
+def check_recovery_text(rcfg, tokens: int) -> None:
+    """The calibration train split must hold more than one recovery window (checked before the model loads)."""
+    if enabled(rcfg) and tokens <= int(rcfg.seq_len):
+        raise RecoveryError(f"the calibration train split has {tokens:,} tokens, too few for recovery.seq_len={rcfg.seq_len}")
+
+
 def training_batches(stream: torch.Tensor, seq_len: int, batch_size: int, steps: int, seed: int):
     """``steps`` batches of ``batch_size`` windows of exactly ``seq_len`` tokens at random offsets (seeded)."""
     if len(stream) <= seq_len:

@@ -138,6 +138,32 @@ TABLE = [
     ("text_split-fraction", ["data=text_split", "data.file={dir}/train.txt", "data.test_fraction=1.5"], "data.test_fraction=1.5"),
     # logger
     ("wandb-mode", ["logger=wandb", "logger.mode=onlin"], "logger.mode=onlin"),
+    ("logger-typo", ["logger=wandb", "logger.projet=x"], "Key 'projet' not in 'WandbLogger'; did you mean logger.project?"),
+    ("logger-plus", ["logger=none", "+logger.project=x"], "logger.project is not a setting of logger"),
+    ("logger-timeout", ["logger=wandb", "logger.init_timeout=0"], "logger.init_timeout=0.0 must be a positive number"),
+    ("logger-tags", ["logger=wandb", "logger.tags=mine"], "logger.tags=mine"),
+    # data sets (their schemas)
+    ("data-typo", ["data=wikitext2", "data.subst=x"], "Key 'subst' not in 'HubData'; did you mean data.subset?"),
+    ("data-plus", ["+data.shufle=true"], "data.shufle is not a setting of data=testbed"),
+    ("data-shuffle-word", ["data=c4", "data.shuffle_documents=often"], "data.shuffle_documents=often"),
+    ("data-max_documents", ["data=c4", "data.max_documents.train=many"], "data.max_documents.train=many"),
+    ("data-test_fraction-text", ["data=text_split", "data.file={dir}/train.txt", "data.test_fraction=half"], "data.test_fraction=half"),
+    # recovery (its schema, then prune.recovery's cross-checks: all before the model loads)
+    ("recovery-steps", ["recovery=lora", "recovery.steps=0"], "recovery.steps=0 must be a positive integer"),
+    ("recovery-lr", ["recovery=full", "recovery.lr=-1"], "recovery.lr=-1.0 must be a positive number"),
+    ("recovery-schedule", ["recovery=lora", "recovery.schedule=cosin"], "recovery.schedule=cosin: Invalid value 'cosin'"),
+    ("recovery-target", ["recovery=lora", "recovery.target_modules=[q_proj,qkv]"], "Invalid value 'qkv'"),
+    ("recovery-dropout", ["recovery=lora", "recovery.dropout=1"], "recovery.dropout=1.0 must be a number in [0, 1)"),
+    ("recovery-typo", ["recovery=lora", "recovery.rnk=4"], "Key 'rnk' not in 'LoraRecovery'; did you mean recovery.rank?"),
+    ("recovery-none-setting", ["recovery.steps=10"], "Key 'steps' not in 'Recovery'"),
+    ("recovery-warmup", ["recovery=lora", "recovery.warmup_steps=500"], "recovery.warmup_steps=500 must be an integer in [0, steps=200)"),
+    ("recovery-seq_len", ["recovery=full", "recovery.seq_len=4096"], "recovery.seq_len=4096 exceeds the model's max_position_embeddings (1024)"),
+    ("recovery-text", ["recovery=full", "recovery.seq_len=200", *SMALL_TEXT], "tokens, too few for recovery.seq_len=200"),
+    # the long-context probe (checked when it is asked for, before any task is generated)
+    ("probe-lengths", ["eval.tasks=[prune_passkey]", "eval.probe.lengths=[8]"], "eval.probe.lengths=[8] must be integers >= 16"),
+    ("probe-window", ["eval.tasks=[prune_passkey]", "eval.probe.window=4"], "eval.probe.window=4 must be an integer >= 8 or null"),
+    ("probe-depths", ["eval.tasks=[prune_passkey]", "eval.probe.depths=[1.5]"], "eval.probe.depths=[1.5] must be fractions in [0, 1]"),
+    ("probe-format", ["eval.tasks=[prune_passkey]", "eval.probe.format=needle"], "eval.probe.format=needle"),
     # against the model's config (no weights), and the data (no model)
     ("seq_len-above-max-positions", ["seq_len=4096"], "exceeds the model's max_position_embeddings (1024)"),
     ("num_samples-multiple", ["num_samples=30"], "num_samples=30 must be a positive multiple of batch_size=4"),
@@ -401,3 +427,34 @@ def test_an_achieved_ratio_beyond_one_group_of_the_target_is_said():
     note = ratio_deviation(0.3, 2 / 6, shape, "pruning=depth")
     assert note.startswith("pruning=depth: pruning.ratio=0.3 asked, 0.333 of the prunable parameters removed")
     assert "0.863" in ratio_deviation(0.9, 0.863, shape, "pruning=uniform")
+
+
+def test_every_exception_the_package_defines_is_a_refusal():
+    """A user error of a type outside ``PruneLabError`` is reported as a bug (exit 1, traceback): walk every
+    module of the package and find each exception class it defines. An internal (non-user) exception would
+    have to be named in ``INTERNAL`` with its reason; there is none today."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import prune
+    from prune.errors import PruneLabError
+
+    INTERNAL: dict[str, str] = {}
+    found, skipped = {}, []
+    for info in pkgutil.walk_packages(prune.__path__, "prune."):
+        if info.name.endswith("__main__"):
+            continue
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError as exc:  # an optional dependency (lm-eval, triton...) absent here
+            skipped.append(f"{info.name}: {exc}")
+            continue
+        for name, obj in inspect.getmembers(module, inspect.isclass):
+            if issubclass(obj, BaseException) and obj.__module__ == info.name:
+                found[f"{info.name}.{name}"] = obj
+    assert {"prune.errors.ModelFileError", "prune.errors.RecoveryError", "prune.errors.ProbeError",
+            "prune.fetch.FetchError"} <= set(found), sorted(found)
+    outside = sorted(name for name, cls in found.items() if not issubclass(cls, PruneLabError) and name not in INTERNAL)
+    assert not outside, f"not PruneLabError (a user error would be reported as a bug): {outside}"
+    assert len(skipped) <= 3, skipped

@@ -128,11 +128,12 @@ def _prepare(cfg: DictConfig, metrics: dict, recorder: PhaseRecorder) -> Prepare
             import datasets
 
             datasets.disable_progress_bars()
-    from prune.recovery import check_recovery
+    from prune.recovery import check_recovery, check_recovery_text
 
     check_recovery(cfg.get("recovery"), max_positions(model_config))
     with recorder.phase("data"):
         data = load_data(cfg, model_source, data_source, model_config, lengths, (importance, layer_method), metrics)
+    check_recovery_text(cfg.get("recovery"), len(data.train_stream))
     announce_memory(cfg, model_config, lengths, importance, metrics)  # after the last refusal: one line
     return Prepared(model_source, importance, strategy, layer_method, lengths, tasks, task_dirs, data)
 
