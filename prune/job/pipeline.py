@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from prune.cache import cached, fingerprint, tensor_digest
-from prune.errors import ConfigError, PruneLabError, PruningError, first_line
+from prune.errors import ConfigError, DiskFullError, PruneLabError, PruningError, first_line
 from prune.evaluate import evaluate_lengths
 from prune.importance import Calibration, ImportanceResult
 from prune.job.checks import check_compatibility, layer_method_for, validate
@@ -72,20 +72,29 @@ def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> d
         metrics["memory_kind"] = recorder.memory_kind if recorder else None
         metrics["flops"] = dict(recorder.flops) if recorder else {}
         metrics["flops_per_s"] = recorder.flops_per_s() if recorder else {}
-        write_json(out / "metrics.json", metrics)
-        if tracker is not None:
+        # The W&B run is flushed before the final metrics.json: a job killed during the flush still reads as
+        # unfinished, so a resume re-runs it (and its new W&B run replaces the half-flushed one).
+        try:
+            if tracker is not None:
+                try:
+                    tracker.summary({"status": metrics["status"], **{f"time/{k}": v for k, v in metrics["timings"].items()},
+                                     **{f"peak_memory_mb/{k}": v for k, v in metrics["peak_memory_mb"].items()},
+                                     **{f"flops_per_s/{k}": v for k, v in metrics["flops_per_s"].items()}})
+                finally:
+                    tracker.finish(ok)
+        finally:
             try:
-                tracker.summary({"status": metrics["status"], **{f"time/{k}": v for k, v in metrics["timings"].items()},
-                                 **{f"peak_memory_mb/{k}": v for k, v in metrics["peak_memory_mb"].items()},
-                                 **{f"flops_per_s/{k}": v for k, v in metrics["flops_per_s"].items()}})
-            finally:
-                tracker.finish(ok)
+                write_json(out / "metrics.json", metrics)
+            except DiskFullError as full:  # the job's own error (or this one) is what the user sees
+                log.error("%s: metrics.json still says status running, so a resume re-runs the job", first_line(full))
     return metrics
 
 
 def failure_record(exc: BaseException) -> dict:
     """``status`` / ``error`` (/ ``traceback``) of a job that did not finish."""
     error = f"{type(exc).__name__}: {first_line(exc)}"
+    if isinstance(exc, DiskFullError):  # not a refused setting, not a bug: one line, and a resume re-runs it
+        return {"status": "failed", "error": error}
     if isinstance(exc, PruneLabError):
         return {"status": "refused", "error": error}
     if isinstance(exc, KeyboardInterrupt):
