@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from prune.files import atomic_write
+from prune.files import atomic_write, write_text
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -55,5 +55,5 @@ def cached(cache_dir: str | os.PathLike, kind: str, key: dict, compute: Callable
             return torch.load(path, weights_only=False), True
         value = compute()
         atomic_write(path, lambda tmp: torch.save(value, tmp))
-        (folder / f"{digest}.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
+        write_text(folder / f"{digest}.json", json.dumps(key, indent=2, sort_keys=True, default=str))
         return value, False

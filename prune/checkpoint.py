@@ -9,12 +9,14 @@ where the widths differ per layer is it a ``pruned_<base>`` folder with its mode
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
 from torch import nn
 
 import prune.modeling_pruned as modeling
+from prune.errors import disk_full
 from prune.structure import base_model_type, model_shape
 
 log = logging.getLogger(__name__)
@@ -61,9 +63,34 @@ def _standard_config(config_cls, data: dict, widths: list[int]):
 
 def save_pruned(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
     """Write config, safetensors and tokenizer to ``out_dir``: a standard config of the source family where
-    every layer kept the same widths, else a ``pruned_<base>`` config (``layer_shapes``) and its modeling file."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    every layer kept the same widths, else a ``pruned_<base>`` config (``layer_shapes``) and its modeling file.
+
+    Everything is written into ``<out_dir>.partial-<pid>`` first, which is renamed to ``out_dir`` once complete
+    (an earlier ``out_dir`` is removed just before): a process killed while saving leaves no folder under the
+    final name that looks complete but is not, and the next save removes the partial one."""
+    final = Path(out_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f"{final.name}.partial-*"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    out = final.with_name(f"{final.name}.partial-{os.getpid()}")
+    out.mkdir()
+    try:
+        try:
+            _write_folder(model, tokenizer, out)
+        except Exception as exc:
+            full = disk_full(exc, final)
+            if full is None:
+                raise
+            raise full from exc
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(out, final)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return final
+
+
+def _write_folder(model: nn.Module, tokenizer, out: Path) -> None:
     base = base_model_type(model.config)
     config_cls, model_cls = modeling.PRUNED_CLASSES[base]
     data = _config_data(model)
@@ -89,7 +116,6 @@ def save_pruned(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
         tokenizer.save_pretrained(str(out))
     if not widths:
         shutil.copyfile(modeling.__file__, out / "modeling_pruned.py")
-    return out
 
 
 def load_pruned(path: str | Path, **kwargs) -> nn.Module:

@@ -138,7 +138,9 @@ def write_definition(sweep_dir: Path, f: dict, workspace) -> Path:
     data = {"facts": f, "sections": [{"name": t, "panels": [{"type": k, **d} for k, d in items]} for t, items in sections(f)],
             "runs_table": runs_table(f), "panel_keys": sorted(panel_keys(f)), "wandb_view": view}
     path = sweep_dir / "dashboard.json"
-    path.write_text(json.dumps(data, indent=2, default=str))
+    from prune.files import write_text
+
+    write_text(path, json.dumps(data, indent=2, default=str))
     return path
 
 
@@ -170,29 +172,38 @@ def main(argv: list[str] | None = None) -> None:
 
     if not has_jobs(sweep):
         raise SystemExit(f"prune-dashboard: no */metrics.json under {sweep}: is it a sweep folder?")
-    print(f"offline dashboard written to {write_offline(sweep, args.plotlyjs)} (open it in any browser)")
     online = args.online or os.environ.get("WANDB_MODE") == "online"
     try:
         import wandb_workspaces  # noqa: F401
     except ImportError:
         if online:
             raise SystemExit(f"prune-dashboard: {INSTALL_HINT}") from None
+        print(f"offline dashboard written to {write_offline(sweep, args.plotlyjs)} (open it in any browser)")
         print(f"no W&B workspace definition: {INSTALL_HINT}", file=sys.stderr)
         return
     facts = sweep_facts(sweep)
     if args.group:
         facts["group"] = args.group
-    entity = args.entity
-    if online and not (entity or facts.get("entity")):
-        import wandb
+    entity, wandb_api = args.entity, None
+    if online:  # before anything is written: the key, then every run of the sweep on the server
+        from prune.dashboard_online import DashboardError, api, check_credentials, check_synced
 
-        entity = wandb.Api().default_entity
+        try:
+            check_credentials()
+            wandb_api = api()
+            entity = entity or facts.get("entity") or wandb_api.default_entity
+            check_synced(wandb_api, entity, facts["project"], sweep)
+        except DashboardError as exc:
+            print(f"prune-dashboard: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    print(f"offline dashboard written to {write_offline(sweep, args.plotlyjs)} (open it in any browser)")
     workspace = build_workspace(facts, entity, args.name)
     path = write_definition(sweep, facts, workspace)
     print(f"workspace definition written to {path} ({sum(len(i) for _, i in sections(facts))} panels)")
     if online:
-        workspace.save()
-        print(f"workspace saved: {workspace.url}")
+        from prune.dashboard_online import publish
+
+        print(f"workspace saved: {publish(workspace, wandb_api)} (the view named '{workspace.name}', updated in place)")
     else:
         runs = f"{sweep}/*/wandb/offline-run-* {sweep}/wandb/offline-run-*"
         print(f"to publish: wandb sync {runs}\n            prune-dashboard {sweep} --online [--entity <entity>]", file=sys.stderr)

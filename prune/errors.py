@@ -34,6 +34,40 @@ class DownstreamError(PruneLabError, ValueError):
     """A downstream-evaluation setting that cannot work; the one-line message says why."""
 
 
+class ModelFileError(PruneLabError, ValueError):
+    """A model folder whose files cannot serve: missing, unreadable, truncated, corrupt or inconsistent.
+
+    The message names the file and what is wrong (``prune.model_files``)."""
+
+
+class RecoveryError(PruneLabError, ValueError):
+    """A recovery setting that cannot work (``prune.recovery``); the one-line message says why."""
+
+
+class ProbeError(PruneLabError, ValueError):
+    """A long-context probe setting that cannot work (``prune.probe``); the one-line message says why."""
+
+
+class DiskFullError(PruneLabError, OSError):
+    """No room to write an output (no space left, quota, file size limit); the line names the path."""
+
+
+DISK_FULL_ERRNOS = (28, 27, 122)  # ENOSPC, EFBIG, EDQUOT
+DISK_FULL_WORDS = ("No space left", "File too large", "Disk quota exceeded", "file write failed", "os error 28", "os error 27")
+
+
+def disk_full(exc: BaseException, path) -> DiskFullError | None:
+    """``exc`` as a ``DiskFullError`` naming ``path`` when it says the disk (or a size limit) is full, else None.
+    Libraries word it their own way: ``OSError`` errno, torch's "file write failed", safetensors' "os error 28"."""
+    if isinstance(exc, DiskFullError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS or any(w in str(exc) for w in DISK_FULL_WORDS):
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
+        return DiskFullError(f"cannot write {path}: {reason}; free space there or choose another output folder "
+                             "(nothing half-written is left: rerun to resume)")
+    return None
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0].strip() if text else type(exc).__name__

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prune.errors import ConfigError
+from prune.errors import ConfigError, ModelFileError, first_line
 from prune.structure import UnsupportedModelError, check_config, check_modules
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,10 @@ class HFModel:
         from transformers import AutoTokenizer
 
         path = os.path.expanduser(self.tokenizer_path) if self.tokenizer_path else self.model_path()
-        return AutoTokenizer.from_pretrained(path, revision=self.revision, trust_remote_code=self.trust_remote_code)
+        try:
+            return AutoTokenizer.from_pretrained(path, revision=self.revision, trust_remote_code=self.trust_remote_code)
+        except Exception as exc:  # noqa: BLE001 - parsing the tokenizer's own files: they are input
+            raise ModelFileError(f"cannot load the tokenizer from {path}: {type(exc).__name__}: {first_line(exc)}") from exc
 
     def load(self):
         from transformers import AutoModelForCausalLM
@@ -97,7 +100,14 @@ class HFModel:
             kwargs["attn_implementation"] = self.attn_implementation
         if self.device_map:
             kwargs["device_map"] = self.device_map
-        model = AutoModelForCausalLM.from_pretrained(self.model_path(), **kwargs)
+        path = self.model_path()
+        try:
+            model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - sorted: a fault of the weight files, or re-raised as it is
+            if not weight_file_fault(exc):
+                raise
+            raise ModelFileError(f"cannot load the weights of {path}: {type(exc).__name__}: {first_line(exc)}") from exc
+        refuse_incomplete(path, info)
         if not self.device_map:
             model.to(device)
         model.eval()
@@ -106,6 +116,32 @@ class HFModel:
 
     def describe(self) -> str:
         return str(self.path)
+
+
+def weight_file_fault(exc: BaseException) -> bool:
+    """An error from reading the weight files (truncated, corrupt, wrong shape), not from the code or memory."""
+    if isinstance(exc, MemoryError) or isinstance(exc, OSError) and exc.errno in (12, 28):  # ENOMEM, ENOSPC
+        return False
+    if type(exc).__name__ == "SafetensorError" or isinstance(exc, OSError):
+        return True
+    if not isinstance(exc, (RuntimeError, EOFError, ValueError)) and type(exc).__name__ != "UnpicklingError":
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    raised_in = tb.tb_frame.f_code.co_filename.replace("\\", "/") if tb is not None else ""
+    if raised_in.endswith(("torch/serialization.py", "torch/_weights_only_unpickler.py")):  # reading a .bin
+        return True
+    return any(phrase in str(exc) for phrase in ("size mismatch", "PytorchStreamReader", "Unable to load weights"))
+
+
+def refuse_incomplete(path: str, info: dict) -> None:
+    """transformers fills a tensor missing from the files with random values and only warns: refuse it."""
+    for key, what in (("missing_keys", "has no tensor"), ("mismatched_keys", "has a tensor of another shape:")):
+        names = sorted(str(k if isinstance(k, str) else k[0]) for k in info.get(key) or [])
+        if names:
+            more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+            raise ModelFileError(f"{path} {what} {names[0]}{more}: the weights do not match config.json")
 
 
 @dataclass

@@ -198,10 +198,16 @@ def check_model_path(model: dict) -> None:
         if local.exists():
             if not local.is_dir():
                 raise ConfigError(f"model.{key}={value} is a file: give the model's folder (with config.json)")
-            if key == "path" and not (local / "config.json").is_file():
+            if key == "path" and not (local / "config.json").exists():
                 raise ConfigError(f"model.path={value} has no config.json: not a Hugging Face model folder")
         elif _looks_local(str(value)):
             raise ConfigError(f"model.{key}={value}: no such folder")
+    folder = Path(os.path.expanduser(str(model["path"])))
+    if folder.is_dir():  # a local folder: its files are inputs too (a hub id is checked when it is fetched)
+        from prune.model_files import check_model_folder
+
+        tokenizer = model.get("tokenizer_path")
+        check_model_folder(folder, Path(os.path.expanduser(str(tokenizer))) if tokenizer else None)
 
 
 def check_writable(folder: Path, what: str, fix: str) -> None:

@@ -33,15 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
+from prune.errors import ProbeError  # noqa: F401  (re-exported: defined with the other refusals)
+
 TAG = "prune_passkey"
 VERSION = 1
 NAME = re.compile(rf"^{TAG}_L(\d+)_d(\d+)$")
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key. "
 QUESTION = " What is the pass key? The pass key is"
-
-
-class ProbeError(ValueError):
-    """A probe setting that cannot work; the one-line message says why."""
 
 
 def task_name(length: int, depth: float) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prune.errors import RecoveryError  # noqa: F401  (re-exported: defined with the other refusals)
 from prune.losses import next_token_nll
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,6 @@ SCHEDULES = ("constant", "linear", "cosine")
 PEFT_HINT = "recovery=lora needs peft: pip install -e ."
 
 
-class RecoveryError(ValueError):
-    """A recovery setting that cannot work; the one-line message says why."""
 
 
 def enabled(rcfg) -> bool:
@@ -87,6 +86,12 @@ def check_recovery(rcfg, max_positions: int | None = None) -> None:
         import peft  # noqa: F401
     except ImportError as exc:
         raise RecoveryError(PEFT_HINT) from exc
+
+
+def check_recovery_text(rcfg, tokens: int) -> None:
+    """The calibration train split must hold more than one recovery window (checked before the model loads)."""
+    if enabled(rcfg) and tokens <= int(rcfg.seq_len):
+        raise RecoveryError(f"the calibration train split has {tokens:,} tokens, too few for recovery.seq_len={rcfg.seq_len}")
 
 
 def training_batches(stream: torch.Tensor, seq_len: int, batch_size: int, steps: int, seed: int):

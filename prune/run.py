@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [saved_argv[0] if saved_argv else "prune-run", *argv]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own multi-line report
+    logging.raiseExceptions = False  # a log line that cannot be written (a full disk) must not print a traceback
     callbacks.SWEEP_OUTCOME.clear()
     try:
         app()

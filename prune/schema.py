@@ -7,15 +7,14 @@ and the range each number must lie in (``check=`` in a field's metadata; ``prefl
 it, since a type cannot say "positive"). Cross-setting checks live with the code that needs them.
 
 Where the schemas attach: ``config.yaml`` starts with ``base_config``; every option of ``importance``,
-``pruning`` (and ``pruning/layer_importance``), ``model`` and ``testbed`` starts with its group's
-``schema/<kind>@_here_`` (directly or through a shared ``base/<kind>`` file).
+``pruning`` (and ``pruning/layer_importance``), ``model``, ``testbed``, ``data``, ``recovery`` and ``logger``
+starts with its group's ``schema/<kind>@_here_`` (directly or through a shared ``base/<kind>`` file). The
+schemas of the groups chosen whole (model, testbed, data, recovery, logger) are in ``prune.schema_groups``;
+the choices, checks and ``setting()`` both use are in ``prune.schema_base``.
 """
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -26,22 +25,9 @@ from prune.importance.gradients import FISHER_MODES
 from prune.importance.mean_grad import MEAN_GRAD_CHOICES
 from prune.importance.taylor import GRANULARITIES
 from prune.pruning.strategies import NORMALIZATIONS
+from prune.schema_base import CHECKS, Choice, Instantiated, choice, setting  # noqa: F401  (CHECKS, Choice: re-exported)
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # package data: installed with prune, not beside it
-
-
-class Choice(str, Enum):
-    """A setting with named values; each value is also the plain string the code compares against."""
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
-
-def choice(name: str, values) -> type[Choice]:
-    return Choice(name, {v: v for v in values})
 
 
 Fisher = choice("Fisher", FISHER_MODES)
@@ -51,31 +37,10 @@ Normalize = choice("Normalize", NORMALIZATIONS)
 Unit = choice("Unit", ("layer", "block"))
 ProbeFormat = choice("ProbeFormat", ("auto", "passkey", "testbed"))
 
-# check name -> (test on a value of the right type, what the value must be); None always passes
-CHECKS = {
-    "int>0": (lambda v: v > 0, "a positive integer"),
-    "int>=0": (lambda v: v >= 0, "an integer >= 0"),
-    "int>=2": (lambda v: v >= 2, "an integer >= 2"),
-    "int>0|auto": (lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v > 0),
-                   "a positive integer or 'auto'"),
-    "1|2": (lambda v: v in (1, 2), "1 or 2"),
-    "lengths": (lambda v: len(v) > 0 and all(x >= 2 for x in v), "a non-empty list of integers >= 2, e.g. [128,512]"),
-    "fraction(0,1)": (lambda v: 0 < v < 1, "a number strictly between 0 and 1"),
-    "fraction(0,1]": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "fraction[0,1]": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    ">=0": (lambda v: v >= 0, "a number >= 0"),
-}
-
 # objective: the metrics.json keys a sweep can minimise or maximise, and what names their entries
 OBJECTIVES = {"ppl_after": "lengths", "ppl_before": "lengths", "ppl_recovered": "lengths", "acc_after": "tasks",
               "acc_before": "tasks", "acc_recovered": "tasks", "prunable_ratio_removed": None,
               "total_ratio_removed": None, "params_after": None}
-
-
-def setting(check: str | None = None, default: Any = MISSING):
-    """A field whose value comes from the YAML files (``???`` until then), checked against ``CHECKS[check]``."""
-    assert check is None or check in CHECKS, check
-    return field(default=default, metadata={"check": check} if check else {})
 
 
 # ------------------------------------------------------------------------------------ top level
@@ -169,14 +134,6 @@ class Config:
 
 # ----------------------------------------------------------------------------- importance methods
 @dataclass
-class Instantiated:
-    """A node Hydra instantiates: the class, and the name of the option that chose it."""
-
-    _target_: str = MISSING
-    name: str = MISSING
-
-
-@dataclass
 class Method(Instantiated):
     """Every importance method; the base of those with settings."""
 
@@ -247,66 +204,16 @@ class Hybrid(Ranked):
     depth_share: float = setting("fraction[0,1]")
 
 
-# ------------------------------------------------------------------------------------------ model
-@dataclass
-class Model(Instantiated):
-    dtype: str = setting()  # the words are checked with the device (preflight.check_device)
-    device: str = setting()
-    max_pass_tokens: Optional[int] = setting("int>0")
-    width_multiple: int = setting("int>0")
-
-
-@dataclass
-class HFModel(Model):
-    path: str = setting()
-    tokenizer_path: Optional[str] = setting()
-    revision: Optional[str] = setting()
-    device_map: Optional[str] = setting()
-    attn_implementation: Optional[str] = setting()
-    trust_remote_code: bool = setting()
-
-
-@dataclass
-class PackagedModel(HFModel):
-    path: Optional[str] = setting()  # null: the cached conversion of `package` (prune.fetch)
-    package: str = setting()
-    cache_dir: str = setting()
-
-
-@dataclass
-class TestbedModel(Model):
-    __test__ = False  # not a pytest test class
-    testbed: Any = MISSING
-    cache_dir: str = setting()
-    progress: bool = setting()
-
-
-# -------------------------------------------------------------------------------------- testbed
-def _editable(cls) -> type:
-    """A settable copy of a frozen spec dataclass (same fields, types and defaults) to serve as a schema."""
-    hints = typing.get_type_hints(cls)
-    specs = []
-    for f in dataclasses.fields(cls):
-        kind = hints[f.name]
-        if dataclasses.is_dataclass(kind):
-            part = _editable(kind)
-            specs.append((f.name, part, field(default_factory=part)))
-        else:
-            specs.append((f.name, kind, field(default=f.default)))
-    return dataclasses.make_dataclass(f"{cls.__name__}Schema", specs)
-
-
 def register() -> None:
     """Put every schema into Hydra's ConfigStore (idempotent; done on import)."""
-    from prune.testbed.build import TestbedSpec
+    from prune.schema_groups import GROUP_SCHEMAS
 
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
     for group, nodes in {
         "importance": {"method": Method, "taylor": Taylor, "removal": Removal, "group_removal": GroupRemoval},
         "pruning": {"width": Width, "global": Global, "depth": Depth, "layer_weighted": LayerWeighted, "hybrid": Hybrid},
-        "model": {"hf": HFModel, "packaged": PackagedModel, "testbed": TestbedModel},
-        "testbed": {"spec": _editable(TestbedSpec)},
+        **GROUP_SCHEMAS(),
     }.items():
         for name, node in nodes.items():
             store.store(group=f"{group}/schema", name=name, node=node)

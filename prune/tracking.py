@@ -83,6 +83,8 @@ class WandbTracker(NullTracker):
             mode = "offline"
         kwargs = dict(project=self.project, entity=self.entity, group=self.group or group, name=name,
                       job_type=job_type, tags=list(self.tags), config=config, dir=self.dir or out_dir)
+        if not self.dir:
+            drop_superseded_runs(out_dir)
         try:
             self._init(mode, kwargs)
         except Exception as exc:  # noqa: BLE001 - W&B raises many types; the job must go on
@@ -152,6 +154,25 @@ class WandbTracker(NullTracker):
                 run.finish(exit_code=0 if ok else 1)
             except Exception as exc:  # noqa: BLE001
                 log.warning("W&B could not finish the run (%s)", _first_line(exc))
+
+
+def drop_superseded_runs(out_dir: str) -> None:
+    """Remove the offline W&B runs an earlier attempt of this job (or report) left in its own folder.
+
+    The folder's result is being computed again (a resume after a kill, ``force=true``, a rebuilt report), so
+    an earlier offline run is either half-flushed or superseded; left there, ``wandb sync`` would upload the
+    job twice. Runs already online are not touched (they are on the server, and their folders say ``run-``)."""
+    import shutil
+    from pathlib import Path
+
+    folder = Path(out_dir) / "wandb"
+    if not folder.is_dir():
+        return
+    for run in folder.glob("offline-run-*"):
+        shutil.rmtree(run, ignore_errors=True)
+    latest = folder / "latest-run"
+    if latest.is_symlink() and not latest.exists():
+        latest.unlink()
 
 
 def _first_line(exc: BaseException) -> str:

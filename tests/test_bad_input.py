@@ -16,10 +16,13 @@ import sys
 import pytest
 
 from conftest import REPO
+from model_folders import make_folders
 
 BASE = ["testbed=tiny", "logger=none", "progress=false"]
 CUDA = pytest.importorskip("torch").cuda.is_available()
 
+SMALL_TEXT = ["data=text", "data.train_files={dir}/train.txt", "data.eval_files={dir}/eval.txt", "seq_len=8", "num_samples=4",
+              "batch_size=2", "eval.lengths=[16]"]
 # (id, overrides, what the one line must name); {dir} is a folder of prepared files (see `files`)
 TABLE = [
     # Hydra's own refusals, condensed to one line
@@ -83,6 +86,45 @@ TABLE = [
     ("hf-file", ["model=hf", "model.path={dir}/train.txt"], "is a file"),
     ("hf-no-config", ["model=hf", "model.path={dir}"], "has no config.json"),
     ("hf-gpt2", ["model=hf", "model.path={dir}/gpt2"], "model type 'gpt2' is not supported"),
+    # the model folder's files (tests/model_folders.py): refused before any work, naming the file
+    *[(f"model-{name}", ["model=hf", f"model.path={{dir}}/models/{name}"], names) for name, names in (
+        ("config-truncated", "config-truncated/config.json is not valid JSON (line 1"),
+        ("config-empty", "config-empty/config.json is empty"),
+        ("config-folder", "config-folder/config.json is a folder, not a file"),
+        ("config-bad-value", "config.json: hidden_size='32' must be a positive integer"),
+        ("no-weights", "no-weights has no weights: expected model.safetensors"),
+        ("weights-truncated", "weights-truncated/model.safetensors is truncated (the header describes more data"),
+        ("weights-empty", "weights-empty/model.safetensors is empty (0 bytes)"),
+        ("weights-lfs", "weights-lfs/model.safetensors is a Git LFS pointer, not the weights: run `git lfs pull`"),
+        ("weights-garbage", "weights-garbage/model.safetensors is not a valid safetensors file"),
+        ("weights-folder", "weights-folder/model.safetensors is a folder, not a weight file"),
+        ("shard-missing", "shard-missing/model-00002-of-00002.safetensors is missing: model.safetensors.index.json lists it"),
+        ("shard-index-corrupt", "shard-index-corrupt/model.safetensors.index.json is not valid JSON"),
+        ("shard-index-wrong", "which model.safetensors.index.json places there: the shards and the index do not match"),
+        ("shard-no-index", "has model-00001-of-00002.safetensors but neither model.safetensors nor model.safetensors.index.json"),
+        ("edited-hidden", "tensor embed_tokens.weight has shape [61, 32], but config.json implies [61, 64]"),
+        ("edited-kv-heads", "tensor layers.0.self_attn.k_proj.weight has shape [16, 32], but config.json implies [8, 32]"),
+        ("edited-heads", "tensor layers.0.self_attn.q_proj.weight has shape [32, 32], but config.json implies [16, 32]"),
+        ("edited-mlp", "tensor layers.0.mlp.gate_proj.weight has shape [24, 32], but config.json implies [48, 32]"),
+        ("edited-vocab", "tensor embed_tokens.weight has shape [61, 32], but config.json implies [32000, 32]"),
+        ("edited-more-layers", "has no tensor layers.3.self_attn.q_proj.weight"),
+        ("edited-fewer-layers", "holds weights of layer 2, but config.json says num_hidden_layers=2"),
+        ("no-lm-head", "has no lm_head.weight, but config.json says tie_word_embeddings=false"),
+        ("missing-tensor", "has no tensor layers.1.mlp.up_proj.weight"),
+        ("pruned-shapes", "config.json: layer_shapes has 2 layers but num_hidden_layers=3"),
+        ("bin-truncated", "bin-truncated/pytorch_model.bin is truncated or not a torch checkpoint"),
+        ("gguf-only", "(model-q4.gguf is not a Hugging Face weight file: convert it)"),
+        ("no-tokenizer", "no-tokenizer has no tokenizer (tokenizer.json, tokenizer.model)"),
+        ("tokenizer-truncated", "tokenizer-truncated/tokenizer.json is not valid JSON"),
+        ("tokenizer-config-truncated", "tokenizer-config-truncated/tokenizer_config.json is not valid JSON"),
+    )],
+    ("model-tokenizer_path-empty", ["model=hf", "model.path={dir}/models/good", "model.tokenizer_path={dir}/models/no-tokenizer"],
+     "model.tokenizer_path={dir}/models/no-tokenizer has no tokenizer"),
+    # read where they are loaded (before the weights): the tokenizer's own parse, its ids against vocab_size
+    ("model-tokenizer-not-a-tokenizer", ["model=hf", "model.path={dir}/models/tokenizer-not-a-tokenizer", *SMALL_TEXT],
+     "cannot load the tokenizer from {dir}/models/tokenizer-not-a-tokenizer"),
+    ("model-tokenizer-other-model", ["model=hf", "model.path={dir}/models/tokenizer-other-model", *SMALL_TEXT],
+     "produces token id 10"),
     ("cache_dir", ["cache_dir=/proc/prune-lab-cache"], "cache_dir /proc/prune-lab-cache is not writable"),
     ("task_dir", ["eval.task_dir=/nonexistent/tasks"], "eval.task_dir=/nonexistent/tasks: no such folder"),
     # files
@@ -96,6 +138,32 @@ TABLE = [
     ("text_split-fraction", ["data=text_split", "data.file={dir}/train.txt", "data.test_fraction=1.5"], "data.test_fraction=1.5"),
     # logger
     ("wandb-mode", ["logger=wandb", "logger.mode=onlin"], "logger.mode=onlin"),
+    ("logger-typo", ["logger=wandb", "logger.projet=x"], "Key 'projet' not in 'WandbLogger'; did you mean logger.project?"),
+    ("logger-plus", ["logger=none", "+logger.project=x"], "logger.project is not a setting of logger"),
+    ("logger-timeout", ["logger=wandb", "logger.init_timeout=0"], "logger.init_timeout=0.0 must be a positive number"),
+    ("logger-tags", ["logger=wandb", "logger.tags=mine"], "logger.tags=mine"),
+    # data sets (their schemas)
+    ("data-typo", ["data=wikitext2", "data.subst=x"], "Key 'subst' not in 'HubData'; did you mean data.subset?"),
+    ("data-plus", ["+data.shufle=true"], "data.shufle is not a setting of data=testbed"),
+    ("data-shuffle-word", ["data=c4", "data.shuffle_documents=often"], "data.shuffle_documents=often"),
+    ("data-max_documents", ["data=c4", "data.max_documents.train=many"], "data.max_documents.train=many"),
+    ("data-test_fraction-text", ["data=text_split", "data.file={dir}/train.txt", "data.test_fraction=half"], "data.test_fraction=half"),
+    # recovery (its schema, then prune.recovery's cross-checks: all before the model loads)
+    ("recovery-steps", ["recovery=lora", "recovery.steps=0"], "recovery.steps=0 must be a positive integer"),
+    ("recovery-lr", ["recovery=full", "recovery.lr=-1"], "recovery.lr=-1.0 must be a positive number"),
+    ("recovery-schedule", ["recovery=lora", "recovery.schedule=cosin"], "recovery.schedule=cosin: Invalid value 'cosin'"),
+    ("recovery-target", ["recovery=lora", "recovery.target_modules=[q_proj,qkv]"], "Invalid value 'qkv'"),
+    ("recovery-dropout", ["recovery=lora", "recovery.dropout=1"], "recovery.dropout=1.0 must be a number in [0, 1)"),
+    ("recovery-typo", ["recovery=lora", "recovery.rnk=4"], "Key 'rnk' not in 'LoraRecovery'; did you mean recovery.rank?"),
+    ("recovery-none-setting", ["recovery.steps=10"], "Key 'steps' not in 'Recovery'"),
+    ("recovery-warmup", ["recovery=lora", "recovery.warmup_steps=500"], "recovery.warmup_steps=500 must be an integer in [0, steps=200)"),
+    ("recovery-seq_len", ["recovery=full", "recovery.seq_len=4096"], "recovery.seq_len=4096 exceeds the model's max_position_embeddings (1024)"),
+    ("recovery-text", ["recovery=full", "recovery.seq_len=200", *SMALL_TEXT], "tokens, too few for recovery.seq_len=200"),
+    # the long-context probe (checked when it is asked for, before any task is generated)
+    ("probe-lengths", ["eval.tasks=[prune_passkey]", "eval.probe.lengths=[8]"], "eval.probe.lengths=[8] must be integers >= 16"),
+    ("probe-window", ["eval.tasks=[prune_passkey]", "eval.probe.window=4"], "eval.probe.window=4 must be an integer >= 8 or null"),
+    ("probe-depths", ["eval.tasks=[prune_passkey]", "eval.probe.depths=[1.5]"], "eval.probe.depths=[1.5] must be fractions in [0, 1]"),
+    ("probe-format", ["eval.tasks=[prune_passkey]", "eval.probe.format=needle"], "eval.probe.format=needle"),
     # against the model's config (no weights), and the data (no model)
     ("seq_len-above-max-positions", ["seq_len=4096"], "exceeds the model's max_position_embeddings (1024)"),
     ("num_samples-multiple", ["num_samples=30"], "num_samples=30 must be a positive multiple of batch_size=4"),
@@ -118,6 +186,7 @@ def files(tmp_path_factory):
     (folder / "empty.txt").write_text("\n")
     (folder / "model.bin").write_bytes(bytes(range(256)) * 4)
     GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(folder / "gpt2")  # a config, no weights
+    make_folders(folder / "models")
     return folder
 
 
@@ -358,3 +427,34 @@ def test_an_achieved_ratio_beyond_one_group_of_the_target_is_said():
     note = ratio_deviation(0.3, 2 / 6, shape, "pruning=depth")
     assert note.startswith("pruning=depth: pruning.ratio=0.3 asked, 0.333 of the prunable parameters removed")
     assert "0.863" in ratio_deviation(0.9, 0.863, shape, "pruning=uniform")
+
+
+def test_every_exception_the_package_defines_is_a_refusal():
+    """A user error of a type outside ``PruneLabError`` is reported as a bug (exit 1, traceback): walk every
+    module of the package and find each exception class it defines. An internal (non-user) exception would
+    have to be named in ``INTERNAL`` with its reason; there is none today."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import prune
+    from prune.errors import PruneLabError
+
+    INTERNAL: dict[str, str] = {}
+    found, skipped = {}, []
+    for info in pkgutil.walk_packages(prune.__path__, "prune."):
+        if info.name.endswith("__main__"):
+            continue
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError as exc:  # an optional dependency (lm-eval, triton...) absent here
+            skipped.append(f"{info.name}: {exc}")
+            continue
+        for name, obj in inspect.getmembers(module, inspect.isclass):
+            if issubclass(obj, BaseException) and obj.__module__ == info.name:
+                found[f"{info.name}.{name}"] = obj
+    assert {"prune.errors.ModelFileError", "prune.errors.RecoveryError", "prune.errors.ProbeError",
+            "prune.fetch.FetchError"} <= set(found), sorted(found)
+    outside = sorted(name for name, cls in found.items() if not issubclass(cls, PruneLabError) and name not in INTERNAL)
+    assert not outside, f"not PruneLabError (a user error would be reported as a bug): {outside}"
+    assert len(skipped) <= 3, skipped

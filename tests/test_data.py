@@ -89,7 +89,7 @@ def test_hub_loader_code_runs_on_local_files_through_the_wikitext_config(two_fil
     train, test = two_files
     cfg = compose_config(
         "data=wikitext2", "data.path=text", "data.subset=null",
-        f"+data.data_files.train={train}", f"+data.data_files.test={test}", "+data.load_kwargs.sample_by=document",
+        f"data.data_files={{train: '{train}', test: '{test}'}}", "+data.load_kwargs.sample_by=document",
     )
     source = instantiate(cfg.data)
     assert isinstance(source, HubSource) and source.join == "\n\n"

@@ -31,9 +31,9 @@ def _pruned_tiny():
 
 @pytest.mark.parametrize("bad, match", [
     ({"steps": 0}, "recovery.steps=0 must be a positive integer"),
-    ({"target_modules": ["q_proj", "qkv"]}, "not a projection: qkv"),
+    ({"target_modules": []}, "recovery.target_modules=\\[\\]: empty"),  # a wrong name is refused by the schema (test_bad_input)
     ({"seq_len": 4096}, "exceeds the model's max_position_embeddings"),
-    ({"lr": -1}, "recovery.lr=-1 must be a positive number"),
+    ({"lr": -1}, "recovery.lr=-1.0 must be a positive number"),
     ({"warmup_steps": 500}, "warmup_steps=500"),
 ])
 def test_bad_settings_are_refused_in_one_line(bad, match):
@@ -43,12 +43,15 @@ def test_bad_settings_are_refused_in_one_line(bad, match):
 
 
 def test_a_bad_setting_stops_the_job_before_the_model_loads(tmp_path):
+    """A refusal (status refused, exit 2 from prune-run: see the table in test_bad_input), not a bug."""
+    from prune.errors import PruneLabError
     from prune.job import run_job
 
-    with pytest.raises(RecoveryError, match="recovery.steps=0"):
-        run_job(compose_config(*FAST, "recovery=lora", "recovery.steps=0", "logger=none"), tmp_path)
+    with pytest.raises(PruneLabError, match="recovery.warmup_steps=500"):
+        run_job(compose_config(*FAST, "recovery=lora", "recovery.warmup_steps=500", "logger=none"), tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["status"] == "failed" and "load_model" not in saved["timings"]
+    assert saved["status"] == "refused" and "load_model" not in saved["timings"]
+    assert saved["error"].startswith("RecoveryError: recovery.warmup_steps=500")
 
 
 def test_lora_merges_into_a_plain_pruned_model_that_reloads_to_identical_logits(tmp_path):

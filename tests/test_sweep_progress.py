@@ -53,6 +53,8 @@ def test_a_running_job_is_not_done_and_the_wandb_values_say_the_same(tmp_path):
     assert (state["done"], state["fresh"]) == (1, 1) and state["eta"] == 180.0
     assert wandb_values(sweep, now=START + 60) == {"sweep/done": 1, "sweep/total": 4, "sweep/elapsed_s": 60.0, "sweep/eta_s": 180.0}
     assert wandb_values(tmp_path / "not-a-sweep") == {}
+    # the job itself, between its W&B flush and its final metrics.json, counts itself (and towards the pace)
+    assert wandb_values(sweep, now=START + 60, finished="64-1")["sweep/done"] == 2
 
 
 def test_a_multirun_prints_one_progress_line_per_job(tiny_testbed, tmp_path):

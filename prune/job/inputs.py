@@ -42,6 +42,10 @@ def load_data(cfg, model_source, data_source, model_config, lengths, methods, me
     tokenizer = model_source.tokenizer()
     train_stream = _tokenize_split(data_source, "train", tokenizer, cfg.seed)
     test_stream = _tokenize_split(data_source, "test", tokenizer, cfg.seed)
+    from prune.model_files import check_vocabulary
+
+    highest = max((int(s.max()) for s in (train_stream, test_stream) if len(s)), default=0)
+    check_vocabulary(highest, model_config, cfg.model.get("tokenizer_path") or model_source.describe())
     roles = {m.uses for m in methods if m is not None and m.uses}
     windows = {
         role: calibration_windows(
@@ -106,13 +110,15 @@ def downstream_tasks(cfg: DictConfig, model_source, data_source=None, model_conf
     from prune.downstream import check_task_settings, check_tasks
 
     check_task_settings(cfg.eval.tasks_batch_size, cfg.eval.tasks_limit)
+    from prune.probe import check_probe, probe_task_dir, wanted
+
+    if wanted(tasks):  # its settings first: before the testbed's tasks are generated
+        check_probe(cfg.eval.probe)
     task_dirs = [os.path.expanduser(str(cfg.eval.task_dir))] if cfg.eval.get("task_dir") else []
     if hasattr(model_source, "spec"):  # the testbed: its own multiple-choice tasks, generated from the test split
         from prune.testbed.tasks import ensure_task_dir
 
         task_dirs.append(str(ensure_task_dir(model_source.spec().corpus, os.path.expanduser(cfg.cache_dir))))
-    from prune.probe import probe_task_dir, wanted
-
     if wanted(tasks):  # the long-context probe, generated from the evaluation split with the model's tokenizer
         task_dirs.append(str(probe_task_dir(cfg, model_source, data_source, model_config)))
     check_tasks(tasks, task_dirs or None)

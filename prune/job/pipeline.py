@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from prune.cache import cached, fingerprint, tensor_digest
-from prune.errors import ConfigError, PruneLabError, PruningError, first_line
+from prune.errors import ConfigError, DiskFullError, PruneLabError, PruningError, first_line
 from prune.evaluate import evaluate_lengths
 from prune.importance import Calibration, ImportanceResult
 from prune.job.checks import check_compatibility, layer_method_for, validate
@@ -72,15 +72,22 @@ def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> d
         metrics["memory_kind"] = recorder.memory_kind if recorder else None
         metrics["flops"] = dict(recorder.flops) if recorder else {}
         metrics["flops_per_s"] = recorder.flops_per_s() if recorder else {}
-        write_json(out / "metrics.json", metrics)
-        if tracker is not None:
+        # The W&B run is flushed before the final metrics.json: a job killed during the flush still reads as
+        # unfinished, so a resume re-runs it (and its new W&B run replaces the half-flushed one).
+        try:
+            if tracker is not None:
+                try:
+                    tracker.summary({"status": metrics["status"], **{f"time/{k}": v for k, v in metrics["timings"].items()},
+                                     **{f"peak_memory_mb/{k}": v for k, v in metrics["peak_memory_mb"].items()},
+                                     **{f"flops_per_s/{k}": v for k, v in metrics["flops_per_s"].items()},
+                                     **_sweep_progress(out, group)})
+                finally:
+                    tracker.finish(ok)
+        finally:
             try:
-                tracker.summary({"status": metrics["status"], **{f"time/{k}": v for k, v in metrics["timings"].items()},
-                                 **{f"peak_memory_mb/{k}": v for k, v in metrics["peak_memory_mb"].items()},
-                                 **{f"flops_per_s/{k}": v for k, v in metrics["flops_per_s"].items()},
-                                 **_sweep_progress(out, group)})
-            finally:
-                tracker.finish(ok)
+                write_json(out / "metrics.json", metrics)
+            except DiskFullError as full:  # the job's own error (or this one) is what the user sees
+                log.error("%s: metrics.json still says status running, so a resume re-runs the job", first_line(full))
     return metrics
 
 
@@ -91,7 +98,7 @@ def _sweep_progress(out: Path, group: str | None) -> dict:
     from prune.sweep.progress import wandb_values
 
     try:
-        return wandb_values(out.parent)
+        return wandb_values(out.parent, finished=out.name)  # its own final metrics.json comes after the flush
     except Exception:  # noqa: BLE001 - progress must never fail a finished job
         log.exception("could not count the sweep's progress for W&B")
         return {}
@@ -100,6 +107,8 @@ def _sweep_progress(out: Path, group: str | None) -> dict:
 def failure_record(exc: BaseException) -> dict:
     """``status`` / ``error`` (/ ``traceback``) of a job that did not finish."""
     error = f"{type(exc).__name__}: {first_line(exc)}"
+    if isinstance(exc, DiskFullError):  # not a refused setting, not a bug: one line, and a resume re-runs it
+        return {"status": "failed", "error": error}
     if isinstance(exc, PruneLabError):
         return {"status": "refused", "error": error}
     if isinstance(exc, KeyboardInterrupt):
@@ -142,11 +151,12 @@ def _prepare(cfg: DictConfig, metrics: dict, recorder: PhaseRecorder) -> Prepare
             import datasets
 
             datasets.disable_progress_bars()
-    from prune.recovery import check_recovery
+    from prune.recovery import check_recovery, check_recovery_text
 
     check_recovery(cfg.get("recovery"), max_positions(model_config))
     with recorder.phase("data"):
         data = load_data(cfg, model_source, data_source, model_config, lengths, (importance, layer_method), metrics)
+    check_recovery_text(cfg.get("recovery"), len(data.train_stream))
     announce_memory(cfg, model_config, lengths, importance, metrics)  # after the last refusal: one line
     return Prepared(model_source, importance, strategy, layer_method, lengths, tasks, task_dirs, data)
 

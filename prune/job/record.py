@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from prune.cache import cached
-from prune.files import write_text
+from prune.files import atomic_write, write_text
 from prune.job.inputs import ground_truth_lengths
 from prune.job.naming import run_name
 from prune.job.tracked import log_summary
@@ -83,10 +83,9 @@ def record(cfg, out: Path, metrics: dict, tracker, model, shape, total_before: i
             "importance_extra": result.extra,
         }
     )
-    torch.save(
-        {"scores": result.scores.to_dict() if result.scores else None, "layer_scores": result.layer_scores, "plan": plan.to_dict()},
-        out / "importance.pt",
-    )
+    scores = {"scores": result.scores.to_dict() if result.scores else None, "layer_scores": result.layer_scores,
+              "plan": plan.to_dict()}
+    atomic_write(out / "importance.pt", lambda tmp: torch.save(scores, tmp))
     write_json(
         out / "plan.json",
         {**plan.to_dict(), "dense_counts": {ATTENTION: shape.group_counts(ATTENTION), MLP: shape.group_counts(MLP)}},

@@ -129,7 +129,9 @@ class Sweep:
 
         fig.tight_layout()
         path = self.dir / name
-        fig.savefig(path, dpi=100)
+        from prune.files import save_figure
+
+        save_figure(fig, path, dpi=100)
         plt.close(fig)
         self.figures[name] = str(path)
 

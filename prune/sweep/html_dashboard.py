@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+from prune.files import write_text
 from prune.sweep.panels import dashboard_data, finite
 
 FIGURE_ID = "panels"
@@ -134,7 +135,7 @@ def write_dashboard(sweep, verdicts: list[dict] | None = None, plotlyjs: bool | 
     if isinstance(plotlyjs, str) and not (sweep.dir / plotlyjs).exists():
         from plotly.offline import get_plotlyjs
 
-        (sweep.dir / plotlyjs).write_text(get_plotlyjs(), encoding="utf-8")
+        write_text(sweep.dir / plotlyjs, get_plotlyjs(), encoding="utf-8")
     path = sweep.dir / "dashboard.html"
-    path.write_text(render(dashboard_data(sweep, verdicts), plotlyjs), encoding="utf-8")
+    write_text(path, render(dashboard_data(sweep, verdicts), plotlyjs), encoding="utf-8")
     return path

@@ -24,9 +24,10 @@ def clock(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
-def progress(sweep_dir: Path, now: float | None = None) -> dict | None:
+def progress(sweep_dir: Path, now: float | None = None, finished: str | None = None) -> dict | None:
     """``done``/``total`` jobs of the latest launch, ``fresh`` (finished since it started), ``elapsed`` and
-    ``eta`` seconds (None until a job of this launch finished); None without a ``multirun.yaml``."""
+    ``eta`` seconds (None until a job of this launch finished); None without a ``multirun.yaml``. ``finished``:
+    the folder of a job that has finished but not yet written its final metrics.json (the caller itself)."""
     from prune.sweep.jobs import launch_grid, load_jobs
 
     started_file = sweep_dir / "multirun.yaml"
@@ -35,10 +36,10 @@ def progress(sweep_dir: Path, now: float | None = None) -> dict | None:
     grid = launch_grid(sweep_dir)
     jobs, _ = load_jobs(sweep_dir)
     # a job writes metrics.json with status "running" when it starts: with parallel workers that is not done
-    jobs = [j for j in jobs if (j["metrics"] or {}).get("status", "running") != "running"]
+    jobs = [j for j in jobs if j["folder"] == finished or (j["metrics"] or {}).get("status", "running") != "running"]
     started = started_file.stat().st_mtime
     now = time.time() if now is None else now
-    fresh = sum((sweep_dir / j["folder"] / "metrics.json").stat().st_mtime >= started for j in jobs)
+    fresh = sum(j["folder"] == finished or (sweep_dir / j["folder"] / "metrics.json").stat().st_mtime >= started for j in jobs)
     total = len(grid) if grid is not None else None
     elapsed = max(now - started, 0.0)
     left = None if total is None else max(total - len(jobs), 0)
@@ -53,11 +54,11 @@ def progress(sweep_dir: Path, now: float | None = None) -> dict | None:
     return {"done": len(jobs), "total": total, "fresh": fresh, "elapsed": elapsed, "eta": eta, "swept": swept}
 
 
-def wandb_values(sweep_dir: Path, now: float | None = None) -> dict:
+def wandb_values(sweep_dir: Path, now: float | None = None, finished: str | None = None) -> dict:
     """The sweep's progress as W&B summary values of a job's run (``sweep/done``, ``sweep/total``,
     ``sweep/elapsed_s``, ``sweep/eta_s``): the group's runs table then shows how far the sweep is and when
     it should end. Empty outside a multirun folder."""
-    state = progress(sweep_dir, now)
+    state = progress(sweep_dir, now, finished)
     if state is None:
         return {}
     values = {"sweep/done": state["done"], "sweep/elapsed_s": round(state["elapsed"], 1)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from prune.files import write_text
 from prune.sweep import after, figures
 from prune.sweep.comparisons import verdicts as comparisons
 from prune.sweep.conditions import Sweep
@@ -25,8 +26,9 @@ class Report(Sweep):
         rows = comparisons(self) + after.verdicts(self)  # after: the long-context probe
         study = finalize(self, rows)  # primary endpoint, Holm, wording, negative control
         rows.sort(key=lambda r: r["role"] != "primary")  # the primary verdict first
-        (self.dir / "report.md").write_text(markdown(self, rows, study) + after.section(self, rows))
-        (self.dir / "verdicts.json").write_text(json.dumps(
+        # every file through a temporary one: a sweep killed while reporting leaves the old report or the new
+        write_text(self.dir / "report.md", markdown(self, rows, study) + after.section(self, rows))
+        write_text(self.dir / "verdicts.json", json.dumps(
             {"failed": study["failed"], "study": study, "verdicts": [v["text"] for v in rows], "structured": rows,
              "overlaps": overlaps}, indent=2, default=str))
         write_dashboard(self, rows, plotlyjs)  # dashboard.html: the per-layer panels and these verdicts, offline

@@ -51,8 +51,11 @@ def summary_frame(jobs: list[dict]):
 
 def write_tables(sweep_dir: Path, jobs: list[dict]) -> list[dict]:
     rows = summary_rows(jobs)
-    (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2, default=str))
-    summary_frame(jobs).to_csv(sweep_dir / "summary.csv", index=False, lineterminator="\r\n")
+    from prune.files import atomic_write, write_text
+
+    write_text(sweep_dir / "summary.json", json.dumps(rows, indent=2, default=str))
+    frame = summary_frame(jobs)
+    atomic_write(sweep_dir / "summary.csv", lambda tmp: frame.to_csv(tmp, index=False, lineterminator="\r\n"))
     return rows
 
 
