@@ -105,8 +105,14 @@ def downstream_tasks(cfg: DictConfig, model_source, data_source=None, model_conf
         return [], []
     from prune.downstream import check_task_settings, check_tasks
 
-    check_task_settings(cfg.eval.tasks_batch_size, cfg.eval.tasks_limit)
+    items = dict(cfg.eval.get("tasks_items") or {})
+    check_task_settings(cfg.eval.tasks_batch_size, cfg.eval.tasks_limit, items)
     task_dirs = [os.path.expanduser(str(cfg.eval.task_dir))] if cfg.eval.get("task_dir") else []
+    from prune.downstream.benchmarks import ensure_benchmark_dir
+
+    benchmarks = ensure_benchmark_dir(tasks, cfg.eval.get("task_data"), os.path.expanduser(cfg.cache_dir))
+    if benchmarks is not None:  # the local benchmarks (eval.task_data): checked line by line, YAMLs in the cache
+        task_dirs.append(str(benchmarks))
     if hasattr(model_source, "spec"):  # the testbed: its own multiple-choice tasks, generated from the test split
         from prune.testbed.tasks import ensure_task_dir
 
@@ -115,7 +121,7 @@ def downstream_tasks(cfg: DictConfig, model_source, data_source=None, model_conf
 
     if wanted(tasks):  # the long-context probe, generated from the evaluation split with the model's tokenizer
         task_dirs.append(str(probe_task_dir(cfg, model_source, data_source, model_config)))
-    check_tasks(tasks, task_dirs or None)
+    check_tasks(tasks, task_dirs or None, items)
     return tasks, task_dirs
 
 

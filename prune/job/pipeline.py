@@ -165,7 +165,8 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
         from prune.downstream import evaluate_tasks
 
         e = cfg.eval
-        return evaluate_tasks(model, data.tokenizer, tasks, e.tasks_batch_size, e.tasks_limit, None, task_dirs or None, e.tasks_fewshot)
+        return evaluate_tasks(model, data.tokenizer, tasks, e.tasks_batch_size, e.tasks_limit, None, task_dirs or None,
+                              e.tasks_fewshot, items=dict(e.get("tasks_items") or {}))
 
     with recorder.phase("eval_before"):
         if cfg.eval.cache_before:
@@ -178,7 +179,8 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
         with recorder.phase("tasks_before"):
             if cfg.eval.cache_before:
                 key = {"model": model_id, "tokenizer": cfg.model.get("tokenizer_path"), "tasks": tasks,
-                       "limit": cfg.eval.tasks_limit, "fewshot": cfg.eval.tasks_fewshot,
+                       "limit": cfg.eval.tasks_limit, "items": dict(cfg.eval.get("tasks_items") or {}),
+                       "fewshot": cfg.eval.tasks_fewshot,
                        "batch_size": cfg.eval.tasks_batch_size, "task_dirs": task_dirs}
                 tasks_before, _ = cached(cfg.cache_dir, "tasks_before", key, lambda: downstream("before"))
             else:
