@@ -150,6 +150,7 @@ def test_item_subset_is_fixed_and_independent_of_the_job():
     assert len(a) == len(set(a)) == 300 and a == sorted(a) and 0 <= a[0] and a[-1] < 1838
     assert a != list(range(300))  # a spread sample, not the head of the file
     assert item_subset("local_blimp", 6000, 300) != a
+    assert set(a) < set(item_subset("local_piqa", 1838, 600))  # nested: a larger run contains a study's items
     assert item_subset("local_piqa", 1838, 5000) is None and item_subset("local_piqa", 1838, None) is None
     # BLiMP's file is sorted by paradigm (1000 each): a subset of 600 must reach every one of the six
     assert {i // 1000 for i in item_subset("local_blimp", 6000, 600)} == set(range(6))

@@ -40,11 +40,14 @@ ITEM_METRICS = ("acc", "acc_norm")  # kept per item (0/1) for comparisons paired
 
 
 def item_subset(task: str, n_docs: int, n: int | None) -> list[int] | None:
-    """The doc indices ``eval.tasks_items`` evaluates: ``n`` of ``n_docs`` drawn with a seed fixed per task
-    name (the same items in every job; None = all). Sorted; a subset of n is not nested in one of n + 1."""
+    """The doc indices ``eval.tasks_items`` evaluates: the first ``n`` of a permutation of the ``n_docs``
+    items drawn with a seed fixed per task name (the same items in every job; None = all), sorted. The
+    subsets are nested: the n items of a study are among the m > n of a larger run on the same file."""
     if n is None or n >= n_docs:
         return None
-    return sorted(random.Random(f"{SUBSET_SEED}:{task}").sample(range(n_docs), n))
+    order = list(range(n_docs))
+    random.Random(f"{SUBSET_SEED}:{task}").shuffle(order)
+    return sorted(order[:n])
 
 
 def _item_record(logged: list[dict]) -> dict:

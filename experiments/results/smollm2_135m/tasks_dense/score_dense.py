@@ -3,7 +3,8 @@
     PYTHONPATH=. python experiments/results/smollm2_135m/tasks_dense/score_dense.py --data ../shared/data/tasks \
         --items 1000 --threads 2 --out experiments/results/smollm2_135m/tasks_dense/dense.json
 
-``--items N`` evaluates the seeded subset of N items per task that ``eval.tasks_items`` would (0: all).
+``--items N`` (or ``task=N,task=N``) evaluates the seeded subset of N items per task that
+``eval.tasks_items`` would (0: all); the subsets are nested, so a study's items are among these.
 Per task: items, accuracy (and acc_norm), its 95 % Wilson interval, chance level, wall and CPU seconds
 (CPU seconds of all threads: the cost on idle cores, whatever else shares them).
 """
@@ -21,7 +22,7 @@ TASKS = ["local_lambada_openai", "local_arc_easy", "local_piqa", "local_blimp"]
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
-    ap.add_argument("--items", type=int, default=0)
+    ap.add_argument("--items", default="0", help="items per task: N for all, or task=N,task=N (0: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--tasks", default=",".join(TASKS))
@@ -45,13 +46,15 @@ def main() -> None:
     folder = ensure_benchmark_dir(tasks, args.data, os.path.expanduser(cfg.cache_dir))
     report = {"model": "smollm2_135m (prune-fetch: SmolLM2-135M-Instruct, Q4_1 GGUF de-quantized to fp32)",
               "threads": args.threads, "batch_size": args.batch_size, "tasks": {}}
+    per_task = dict(kv.split("=") for kv in args.items.split(",")) if "=" in args.items else {}
     for task in tasks:  # one call per task: its own seconds
         docs = read_items(task, Path(args.data) / BENCHMARKS[task]["file"])
-        items = {task: args.items} if args.items else None
+        n_items = int(per_task.get(task, 0 if per_task else args.items))
+        items = {task: n_items} if n_items else None
         started, cpu = time.time(), time.process_time()
         res = evaluate_tasks(model, tokenizer, [task], args.batch_size, None, "cpu", folder, items=items)
         r = res["tasks"][task]
-        ids = item_subset(task, len(docs), args.items or None) or list(range(len(docs)))
+        ids = item_subset(task, len(docs), n_items or None) or list(range(len(docs)))
         assert r["items"]["doc_ids"] == ids
         entry = {"items": len(ids), "of": len(docs), "chance": chance([docs[i] for i in ids]),
                  "seconds": round(time.time() - started, 1), "cpu_seconds": round(time.process_time() - cpu, 1),
