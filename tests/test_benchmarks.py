@@ -194,3 +194,26 @@ def test_item_record_on_a_model(data, tmp_path):
     assert piqa["metrics"]["acc_norm"] == pytest.approx(piqa["items"]["acc_norm"].count("1") / 3)
     assert result["items"] == {"local_blimp": 9}
     json.dumps(result)
+
+
+def test_the_smollm2_study_checks_its_four_benchmarks_before_any_model_work(data, tmp_path, monkeypatch):
+    """experiment=smollm2_128_vs_512: the four local tasks, the same seeded items in every job, and the
+    up-front check (data folder read line by line, lm-eval tasks resolved) passes on the shared files."""
+    pytest.importorskip("lm_eval")
+    from conftest import REPO
+
+    from prune.job.inputs import downstream_tasks
+
+    monkeypatch.chdir(REPO)  # task_data's default is relative: ../shared/data/tasks
+    cfg = compose_config("experiment=smollm2_128_vs_512", f"cache_dir={tmp_path}")
+    assert list(cfg.eval.tasks) == TASKS
+    assert dict(cfg.eval.tasks_items) == {"local_lambada_openai": 100, "local_arc_easy": 100, "local_piqa": 100,
+                                          "local_blimp": 300}
+    tasks, dirs = downstream_tasks(cfg, object())
+    assert tasks == TASKS and len(dirs) == 1 and sorted(p.name for p in Path(dirs[0]).glob("*.yaml")) == sorted(
+        f"{t}.yaml" for t in TASKS)
+    bad = compose_config("experiment=smollm2_128_vs_512", f"cache_dir={tmp_path}", "+eval.tasks_items={local_rte: 5}")
+    from prune.errors import DownstreamError
+
+    with pytest.raises(DownstreamError, match="eval.tasks_items names local_rte, not among the tasks evaluated"):
+        downstream_tasks(bad, object())
