@@ -217,3 +217,26 @@ def test_the_smollm2_study_checks_its_four_benchmarks_before_any_model_work(data
 
     with pytest.raises(DownstreamError, match="eval.tasks_items names local_rte, not among the tasks evaluated"):
         downstream_tasks(bad, object())
+
+
+@pytest.mark.slow
+def test_a_job_scores_the_local_benchmarks_before_and_after_pruning(data, tiny_testbed, tmp_path):
+    """The whole job on the tiny testbed: the local benchmarks go through the pipeline, the seeded items
+    are the same before and after pruning, and metrics.json keeps their per-item records."""
+    pytest.importorskip("lm_eval")
+    from conftest import compose_config as compose
+    from prune.downstream.evaluate import item_subset
+    from prune.job import run_job
+
+    cfg = compose("testbed=tiny", "seq_len=64", "num_samples=8", "batch_size=2", "eval.lengths=[64]", "progress=false",
+                  "logger=none", "save_model=false", "eval.tasks=[local_blimp,local_piqa]", f"eval.task_data={data}",
+                  "+eval.tasks_items={local_blimp: 6, local_piqa: 4}")
+    metrics = run_job(cfg, tmp_path / "job")
+    for stage in ("before", "after"):
+        tasks = metrics["downstream"][stage]["tasks"]
+        assert tasks["local_blimp"]["items"]["doc_ids"] == item_subset("local_blimp", 6000, 6)
+        assert tasks["local_piqa"]["items"]["doc_ids"] == item_subset("local_piqa", 1838, 4)
+        assert len(tasks["local_piqa"]["items"]["acc_norm"]) == 4
+    on_disk = json.loads((tmp_path / "job" / "metrics.json").read_text())
+    assert on_disk["downstream"]["after"]["tasks"]["local_blimp"]["items"] == metrics["downstream"]["after"]["tasks"]["local_blimp"]["items"]
+    assert set(on_disk["acc_after"]) == {"local_blimp", "local_piqa", "mean"}
