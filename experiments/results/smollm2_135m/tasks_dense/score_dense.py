@@ -70,7 +70,19 @@ def main() -> None:
         entry["items_record"] = r["items"]
         report["tasks"][task] = entry
         print(task, {k: v for k, v in entry.items() if k != "items_record"}, flush=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    Path(args.out).write_text(dumps(report))
+
+
+def dumps(report: dict) -> str:
+    """Indented JSON with each per-item list on one line (thousands of ids would be thousands of lines)."""
+    records = {t: e.pop("items_record") for t, e in report["tasks"].items()}
+    text = json.dumps(report, indent=1)
+    for task, record in records.items():
+        report["tasks"][task]["items_record"] = record
+        marker = f'"{task}": {{'
+        head, tail = text.split(marker, 1)
+        text = head + marker + f'\n   "items_record": {json.dumps(record)},' + tail
+    return text + "\n"
 
 
 if __name__ == "__main__":
