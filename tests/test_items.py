@@ -29,6 +29,16 @@ def test_item_test_matches_a_hand_computation():
     assert (c.ci_low, c.ci_high) == pytest.approx((mean - half, mean + half))
 
 
+def test_bootstrap_interval_of_a_constant_shift_is_that_shift():
+    """Every item gains exactly 0.5 (one of two seeds flips it right): every resample has mean 0.5."""
+    from prune.stats.items import bootstrap_ci
+
+    ref = {0: {i: 0 for i in range(20)}, 1: {i: 0 for i in range(20)}}
+    other = {0: {i: 1 for i in range(20)}, 1: {i: 0 for i in range(20)}}
+    assert bootstrap_ci(ref, other) == pytest.approx((0.5, 0.5))
+    assert bootstrap_ci(ref, ref) is None
+
+
 def test_identical_answers_are_identical_and_no_common_item_is_no_test():
     arm = {0: {1: 1, 2: 0}, 1: {1: 0, 2: 0}}
     c = compare_items(arm, {k: dict(v) for k, v in arm.items()}, 0.01)
@@ -90,6 +100,8 @@ def test_a_study_reports_item_paired_accuracy_as_holm_adjusted_secondary_rows(tm
     assert taylor["decision"] == "differs" and str(taylor["better"]) == "512"
     assert 0.04 < taylor["diff"] < 0.12 and taylor["ci_low"] > 0
     assert "paired t-test over items" in taylor["text"] and "Holm-adjusted" in taylor["text"]
+    low, high = taylor["bootstrap_ci90"]  # the distribution-free interval agrees with the t interval
+    assert low == pytest.approx(taylor["ci_low"], abs=0.01) and high == pytest.approx(taylor["ci_high"], abs=0.01)
     family = [r for r in data["structured"] if r["role"] == "secondary" and "p_adj" in r]
     assert taylor in family and [r["p_adj"] for r in family] == pytest.approx(holm([r["p"] for r in family]))
     magnitude = next(r for r in rows if r["series"] == "importance=magnitude")

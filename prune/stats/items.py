@@ -10,6 +10,8 @@ of these scores (scipy's ``ttest_rel`` through ``prune.stats.compare``: differen
 TOST against ``±margin``). Where the seeds pair (the same seeds in both arms), the item's difference is
 the mean of its per-seed differences. With one seed per arm the differences are -1, 0 or +1 and the test
 is the large-sample form of McNemar's test; ``mcnemar_exact`` gives the exact one for that case.
+``bootstrap_ci`` is scipy's paired bootstrap over items of the same difference, a distribution-free check
+of the t interval (the study row carries it; it decides nothing).
 
 Why the item, not the (seed, item) pair, is the unit: the same items recur in every seed, and an item that
 one arm's pruning breaks tends to break at every seed; McNemar over all pooled (seed, item) pairs would
@@ -53,6 +55,27 @@ def compare_items(ref: dict, other: dict, margin: float) -> Comparison | None:
     items = sorted(common)
     c = compare(_item_scores(ref, items), _item_scores(other, items), paired=True, margin=margin)
     return dataclasses.replace(c, test="items") if c is not None else None
+
+
+def bootstrap_ci(ref: dict, other: dict, level: float = 0.95, n_resamples: int = 2000) -> tuple[float, float] | None:
+    """A distribution-free check of the t interval: scipy's paired bootstrap over items (percentile, fixed
+    random state) of the mean item difference, on the same item scores as ``compare_items``."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    ref = {s: v for s, v in ref.items() if v}
+    other = {s: v for s, v in other.items() if v}
+    if not ref or not other:
+        return None
+    items = sorted(set.intersection(*(set(v) for v in [*ref.values(), *other.values()])))
+    a = np.array(list(_item_scores(ref, items).values()))
+    b = np.array(list(_item_scores(other, items).values()))
+    if len(items) < 2 or np.all(a == b):
+        return None
+    res = bootstrap((a, b), lambda x, y, axis=-1: np.mean(y - x, axis=axis), paired=True, vectorized=True,
+                    confidence_level=level, n_resamples=n_resamples, method="percentile",
+                    random_state=np.random.default_rng(0))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def mcnemar_exact(ref: dict[int, int], other: dict[int, int]) -> dict:

@@ -6,7 +6,7 @@ the primary one, adjusts the others and words them all.
 from __future__ import annotations
 
 from prune.stats import compare, compare_items, mean_sd
-from prune.stats.items import correct_by_item
+from prune.stats.items import bootstrap_ci, correct_by_item
 from prune.sweep.conditions import pairs_by_seed, removed_sets
 from prune.sweep.jobs import setting
 from prune.verdicts import judge, margin, overlap_row
@@ -42,7 +42,10 @@ def item_comparison(label, x_key, ref, other, a, b, task) -> dict | None:
     c = compare_items(*arms, size)
     seeds = sorted({s for arm in arms for s, v in arm.items() if v}, key=str)
     what = f"[{label}] {task} accuracy after pruning, paired by item (pooled over {len(seeds)} seeds)"
-    return judge(what, x_key, ref, other, c, "accuracy", False, None, "acc_items", task)
+    row = judge(what, x_key, ref, other, c, "accuracy", False, None, "acc_items", task)
+    if row is not None:
+        row["bootstrap_ci90"] = bootstrap_ci(*arms, level=0.90)  # a check of the t interval, decides nothing
+    return row
 
 
 def verdicts(sweep) -> list[dict]:
