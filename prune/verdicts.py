@@ -63,8 +63,9 @@ def judge(what: str, x_key: str, ref, other, c: Comparison | None, kind: str, lo
            "other_sd": c.other_sd, "n_ref": c.n_ref, "n_other": c.n_other, "sd_used": c.sd_used, "identical": c.identical}
     if not (math.isnan(c.p) or c.identical):  # what a next run would need to decide: equivalence, or the difference
         row["n_for"] = "difference" if abs(c.diff) >= c.margin else "equivalence"
-        row["n_needed"] = (n_for_difference(c.diff, c.sd_used, c.test == "paired") if row["n_for"] == "difference"
-                           else n_for_equivalence(c.sd_used, c.margin, c.test == "paired"))
+        paired = c.test in ("paired", "items")
+        row["n_needed"] = (n_for_difference(c.diff, c.sd_used, paired) if row["n_for"] == "difference"
+                           else n_for_equivalence(c.sd_used, c.margin, paired))
     if damage is not None and kind == "ppl":
         before, after = damage
         row["damage"] = {"before": before, "after": after, "share": c.raw_diff / (after - before) if after > before else None}
@@ -113,7 +114,8 @@ def render(row: dict) -> dict:
     if row["identical"] or math.isnan(row["p"]):
         row["decision"] = "identical" if row["identical"] else "untestable"
         if row["identical"]:
-            judged = ("identical at every seed (paired differences all zero)" if row["test"] == "paired"
+            judged = ("identical on every item (paired differences all zero)" if row["test"] == "items"
+                      else "identical at every seed (paired differences all zero)" if row["test"] == "paired"
                       else "every seed gives the same value in both arms")
         elif min(row["n_ref"], row["n_other"]) < 2:
             judged = "no seed repeats: cannot be judged against noise"
@@ -125,14 +127,15 @@ def render(row: dict) -> dict:
         return row
     p, p_text = _adjusted(row, "p")
     t, t_text = _adjusted(row, "p_tost")
-    test = "paired by seed" if row["test"] == "paired" else "Welch"
+    test = {"paired": "paired by seed", "items": "paired t-test over items"}.get(row["test"], "Welch")
     stat = (f"{_interval(row)}; {test}{' on log PPL' if row['log'] else ''}: {p_text}; equivalence (TOST) "
             f"against {row['margin_text']}: {t_text}")
     m = row["margin_text"]
     if p < ALPHA:
         better = (row["test_diff"] < 0) == row["lower_is_better"]
         row["decision"], row["better"] = "differs", other if better else ref
-        judged = f"differs beyond seed noise: {x_key}={row['better']} is better"
+        noise = "item-to-item noise" if row["test"] == "items" else "seed noise"
+        judged = f"differs beyond {noise}: {x_key}={row['better']} is better"
         if t < ALPHA:
             row["negligible"] = True
             judged += f", but within {m} (the equivalence test passes too)"
@@ -142,15 +145,16 @@ def render(row: dict) -> dict:
     else:
         row["decision"] = "cannot_tell"
         n = row.get("n_needed")
+        unit = "items (at these seeds)" if row["test"] == "items" else "seeds per arm"
         judged = "cannot tell at this n: "
         if row["p"] < ALPHA:
             judged += "significant only before the Holm adjustment, and "
         judged += f"the 90 % CI reaches beyond {m}; "
         if row.get("n_for") == "difference":
-            judged += (f"about {n} seeds per arm would detect a difference of the observed size" if n
+            judged += (f"about {n} {unit} would detect a difference of the observed size" if n
                        else "no feasible n would detect a difference of the observed size at this spread")
         else:
-            judged += (f"about {n} seeds per arm would show equivalence if there were no true difference" if n
+            judged += (f"about {n} {unit} would show equivalence if there were no true difference" if n
                        else "no feasible n would show equivalence at this spread")
     row["text"] = f"{prefix}{head}; {stat}{_damage(row)} — {judged}."
     return row

@@ -226,3 +226,20 @@ def test_pruned_evaluation_is_reused_only_for_identical_pruned_weights(tiny_test
     assert taylor["eval_after_cached"] is False and taylor["ppl_after"] != first["ppl_after"]
     off = run_job(compose_config(*common, "importance=magnitude", "seq_len=32", "eval.cache_after=false"), tmp_path / "off")
     assert "eval_after_cached" not in off and off["ppl_after"] == pytest.approx(first["ppl_after"], rel=1e-6)
+
+
+def test_pruned_task_scores_are_reused_only_for_identical_pruned_weights(tiny_testbed, tmp_path):
+    """The same for downstream tasks: magnitude at two seq_len scores its (identical) pruned model once, with
+    the per-item record; Taylor is scored afresh. The extra (empty) task folder makes the cache key unique."""
+    pytest.importorskip("lm_eval")
+    (tmp_path / "tasks").mkdir()
+    common = [*FAST, "logger=none", "save_model=false", "eval.cache_before=false", "eval.max_tokens=1920",
+              "eval.tasks=[testbed_local]", "eval.tasks_limit=6", "eval.tasks_before=false", f"eval.task_dir={tmp_path / 'tasks'}"]
+    first = run_job(compose_config(*common, "importance=magnitude", "seq_len=64"), tmp_path / "m64")
+    second = run_job(compose_config(*common, "importance=magnitude", "seq_len=32"), tmp_path / "m32")
+    assert first["tasks_after_cached"] is False and second["tasks_after_cached"] is True
+    record = first["downstream"]["after"]["tasks"]["testbed_local"]["items"]
+    assert record["doc_ids"] == list(range(6)) and len(record["acc"]) == 6
+    assert second["downstream"]["after"] == first["downstream"]["after"]
+    taylor = run_job(compose_config(*common, "importance=taylor_1st", "seq_len=32"), tmp_path / "t32")
+    assert taylor["tasks_after_cached"] is False

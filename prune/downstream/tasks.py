@@ -28,8 +28,13 @@ TASK_METRICS: dict[str, str] = {
     "rte": "acc",  # Wanda's set
     "testbed_longrange": "acc",  # prune.testbed.tasks: one-token choices, acc_norm adds nothing
     "testbed_local": "acc",
+    "local_lambada_openai": "acc",  # prune.downstream.benchmarks: LAMBADA also reports the target's perplexity
+    "local_arc_easy": "acc",  # as arc_easy and piqa above; acc_norm is kept in "metrics" and per item
+    "local_piqa": "acc",
+    "local_blimp": "acc",
 }
-LOCAL_TESTBED_HINT = "the local testbed tasks testbed_longrange / testbed_local (prune.testbed.tasks, no download)"
+LOCAL_TESTBED_HINT = ("the local benchmarks local_lambada_openai / local_arc_easy / local_piqa / local_blimp "
+                      "(eval.task_data) or the testbed tasks testbed_longrange / testbed_local (no download)")
 INSTALL_HINT = "downstream tasks need lm-eval: pip install -e .[eval]"
 PACKAGED_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas"}
 
@@ -171,7 +176,7 @@ def _quiet_datasets():
 
 
 # --------------------------------------------------------------------------------------------- API
-def check_task_settings(batch_size, limit) -> None:
+def check_task_settings(batch_size, limit, items=None) -> None:
     """Refuse a downstream batch size or item limit that lm-eval cannot take (one line, no model needed)."""
     if isinstance(batch_size, bool) or not (
         (isinstance(batch_size, int) and batch_size > 0) or (isinstance(batch_size, str) and batch_size.startswith("auto"))
@@ -179,9 +184,12 @@ def check_task_settings(batch_size, limit) -> None:
         raise DownstreamError(f"eval.tasks_batch_size={batch_size} must be a positive integer or 'auto'")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
         raise DownstreamError(f"eval.tasks_limit={limit} must be a positive integer or null")
+    for task, n in dict(items or {}).items():
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise DownstreamError(f"eval.tasks_items.{task}={n} must be a positive integer")
 
 
-def check_tasks(tasks: list[str], local_task_dir: str | os.PathLike | list | None = None) -> None:
+def check_tasks(tasks: list[str], local_task_dir: str | os.PathLike | list | None = None, items=None) -> None:
     """Refuse, in one line (``DownstreamError``, a ValueError), tasks that cannot run; cheap, no model needed.
 
     Checks that lm-eval is installed, that every name is an lm-eval task or tag (built in, or in
@@ -190,6 +198,10 @@ def check_tasks(tasks: list[str], local_task_dir: str | os.PathLike | list | Non
     only if the data set is in the local cache.
     """
     manager, leaves = resolve_tasks(tasks, local_task_dir)
+    stray = sorted(set(items or {}) - {n for group in leaves.values() for n in group})
+    if stray:
+        raise DownstreamError(f"eval.tasks_items names {', '.join(stray)}, not among the tasks evaluated "
+                              f"({', '.join(n for group in leaves.values() for n in group)})")
     problems = {}  # leaf task -> (requested name, why)
     for requested, names in leaves.items():
         for name in names:

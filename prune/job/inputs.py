@@ -109,19 +109,25 @@ def downstream_tasks(cfg: DictConfig, model_source, data_source=None, model_conf
         return [], []
     from prune.downstream import check_task_settings, check_tasks
 
-    check_task_settings(cfg.eval.tasks_batch_size, cfg.eval.tasks_limit)
+    items = dict(cfg.eval.get("tasks_items") or {})
+    check_task_settings(cfg.eval.tasks_batch_size, cfg.eval.tasks_limit, items)
     from prune.probe import check_probe, probe_task_dir, wanted
 
     if wanted(tasks):  # its settings first: before the testbed's tasks are generated
         check_probe(cfg.eval.probe)
     task_dirs = [os.path.expanduser(str(cfg.eval.task_dir))] if cfg.eval.get("task_dir") else []
+    from prune.downstream.benchmarks import ensure_benchmark_dir
+
+    benchmarks = ensure_benchmark_dir(tasks, cfg.eval.get("task_data"), os.path.expanduser(cfg.cache_dir))
+    if benchmarks is not None:  # the local benchmarks (eval.task_data): checked line by line, YAMLs in the cache
+        task_dirs.append(str(benchmarks))
     if hasattr(model_source, "spec"):  # the testbed: its own multiple-choice tasks, generated from the test split
         from prune.testbed.tasks import ensure_task_dir
 
         task_dirs.append(str(ensure_task_dir(model_source.spec().corpus, os.path.expanduser(cfg.cache_dir))))
     if wanted(tasks):  # the long-context probe, generated from the evaluation split with the model's tokenizer
         task_dirs.append(str(probe_task_dir(cfg, model_source, data_source, model_config)))
-    check_tasks(tasks, task_dirs or None)
+    check_tasks(tasks, task_dirs or None, items)
     return tasks, task_dirs
 
 

@@ -189,7 +189,15 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
         from prune.downstream import evaluate_tasks
 
         e = cfg.eval
-        return evaluate_tasks(model, data.tokenizer, tasks, e.tasks_batch_size, e.tasks_limit, None, task_dirs or None, e.tasks_fewshot)
+        return evaluate_tasks(model, data.tokenizer, tasks, e.tasks_batch_size, e.tasks_limit, None, task_dirs or None,
+                              e.tasks_fewshot, items=dict(e.get("tasks_items") or {}))
+
+    def tasks_cached(tag: str, model_key: str) -> tuple[dict, bool]:
+        """Task scores of a model whose weights were scored before with these settings: from the cache."""
+        key = {"model": model_key, "tokenizer": cfg.model.get("tokenizer_path"), "tasks": tasks,
+               "limit": cfg.eval.tasks_limit, "items": dict(cfg.eval.get("tasks_items") or {}),
+               "fewshot": cfg.eval.tasks_fewshot, "batch_size": cfg.eval.tasks_batch_size, "task_dirs": task_dirs}
+        return cached(cfg.cache_dir, f"tasks_{tag}", key, lambda: downstream(tag))
 
     with recorder.phase("eval_before"):
         if cfg.eval.cache_before:
@@ -201,10 +209,7 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
     if tasks and cfg.eval.tasks_before:
         with recorder.phase("tasks_before"):
             if cfg.eval.cache_before:
-                key = {"model": model_id, "tokenizer": cfg.model.get("tokenizer_path"), "tasks": tasks,
-                       "limit": cfg.eval.tasks_limit, "fewshot": cfg.eval.tasks_fewshot,
-                       "batch_size": cfg.eval.tasks_batch_size, "task_dirs": task_dirs}
-                tasks_before, _ = cached(cfg.cache_dir, "tasks_before", key, lambda: downstream("before"))
+                tasks_before, _ = tasks_cached("before", model_id)
             else:
                 tasks_before = downstream("before")
 
@@ -231,15 +236,20 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
     with recorder.phase("pruning"):
         plan = strategy.plan(result.scores, shape, result.layer_scores)
         apply_plan(model, plan)
+    pruned_id = fingerprint(model) if cfg.eval.cache_after else None
     with recorder.phase("eval_after"):
         if cfg.eval.cache_after:  # the same pruned weights (e.g. importance=magnitude at any seq_len): evaluated once
-            after, metrics["eval_after_cached"] = evaluate_cached("after", fingerprint(model))
+            after, metrics["eval_after_cached"] = evaluate_cached("after", pruned_id)
         else:
             after = evaluate("after")
     metrics["ppl_after"] = {str(k): v["ppl"] for k, v in after.items()}
     if tasks:
         with recorder.phase("tasks_after"):
-            metrics["downstream"] = {"before": tasks_before, "after": downstream("after")}
+            if cfg.eval.cache_after:  # identical pruned weights score identically: once
+                tasks_after, metrics["tasks_after_cached"] = tasks_cached("after", pruned_id)
+            else:
+                tasks_after = downstream("after")
+            metrics["downstream"] = {"before": tasks_before, "after": tasks_after}
     from prune.recovery import enabled as recovery_enabled, recovery_phase
 
     if recovery_enabled(cfg.get("recovery")):  # fine-tune, evaluate again; the merged model is what is saved

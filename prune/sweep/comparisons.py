@@ -5,7 +5,8 @@ the primary one, adjusts the others and words them all.
 """
 from __future__ import annotations
 
-from prune.stats import compare, mean_sd
+from prune.stats import compare, compare_items, mean_sd
+from prune.stats.items import bootstrap_ci, correct_by_item
 from prune.sweep.conditions import pairs_by_seed, removed_sets
 from prune.sweep.jobs import setting
 from prune.verdicts import judge, margin, overlap_row
@@ -25,6 +26,26 @@ def comparison(what, x_key, ref, other, a, b, value, kind, lower_is_better, pair
         b_mean = mean_sd([before(j["metrics"]) for j in a])[0]
         damage = (b_mean, c.ref_mean)
     return judge(what, x_key, ref, other, c, kind, lower_is_better, damage, metric, at)
+
+
+def _items(job: dict, task: str) -> dict[int, int]:
+    """A job's per-item correctness on ``task`` after pruning, in the metric the task reports."""
+    result = ((((job["metrics"].get("downstream") or {}).get("after") or {}).get("tasks") or {}).get(task)) or {}
+    return correct_by_item(result.get("items") or {}, result.get("metric", "acc"))
+
+
+def item_comparison(label, x_key, ref, other, a, b, task) -> dict | None:
+    """The accuracy on ``task`` of arm ``b`` against arm ``a``, paired by item and pooled over seeds
+    (``prune.stats.items``); None where the jobs kept no per-item record."""
+    arms = [{setting(j, "seed"): _items(j, task) for j in jobs} for jobs in (a, b)]
+    size, log = margin("accuracy")
+    c = compare_items(*arms, size)
+    seeds = sorted({s for arm in arms for s, v in arm.items() if v}, key=str)
+    what = f"[{label}] {task} accuracy after pruning, paired by item (pooled over {len(seeds)} seeds)"
+    row = judge(what, x_key, ref, other, c, "accuracy", False, None, "acc_items", task)
+    if row is not None:
+        row["bootstrap_ci90"] = bootstrap_ci(*arms, level=0.90)  # a check of the t interval, decides nothing
+    return row
 
 
 def verdicts(sweep) -> list[dict]:
@@ -57,6 +78,10 @@ def verdicts(sweep) -> list[dict]:
                 name = "mean downstream accuracy" if task == "mean" else f"{task} accuracy"
                 add(f"{name} after pruning", lambda m, t=task: (m.get("acc_after") or {}).get(t), "accuracy", False,
                     metric="acc_after", at=task)
+                row = item_comparison(label, sweep.x_key, ref, other, a, b, task) if task != "mean" else None
+                if row is not None:
+                    row["series"] = label
+                    rows.append(row)
             truths = sorted({L for j in a + b for L in ((j["metrics"].get("importance_accuracy") or {}).get("by_truth") or {})}, key=int)
             for truth in truths:
                 for block in ("attention", "mlp"):
