@@ -64,6 +64,7 @@ CHECKS = {
     "fraction(0,1]": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "fraction[0,1]": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     ">=0": (lambda v: v >= 0, "a number >= 0"),
+    ">0": (lambda v: v > 0, "a number > 0"),
 }
 
 # objective: the metrics.json keys a sweep can minimise or maximise, and what names their entries
@@ -281,6 +282,41 @@ class TestbedModel(Model):
     progress: bool = setting()
 
 
+# ------------------------------------------------------------------------------------- recovery
+@dataclass
+class Recovery:
+    """Every recovery option (``recovery=none`` has no other key)."""
+    name: str = MISSING
+
+
+@dataclass
+class Train(Recovery):
+    """What the training recoveries share (``recovery=lora | full``); ranges of the older keys are checked by
+    ``prune.recovery.check_recovery``, which also sees the model."""
+    schedule: str = setting()
+    warmup_steps: int = setting()
+    weight_decay: float = setting(">=0")
+    max_grad_norm: Optional[float] = setting(">0")
+    lr: float = setting()
+    steps: Optional[int] = setting()  # null: from epochs
+    epochs: Optional[float] = setting(">0")  # null: steps
+    batch_size: int = setting()
+    grad_accum: int = setting("int>0")
+    seq_len: int = setting()
+    seed: Optional[int] = setting()  # null: the job's seed
+    data_files: Optional[List[str]] = setting()  # null: the calibration data's train split
+    dense_control: bool = setting()
+    log_every: int = setting("int>0")
+
+
+@dataclass
+class Lora(Train):
+    rank: int = setting()
+    alpha: float = setting()
+    dropout: float = setting()
+    target_modules: List[str] = setting()
+
+
 # -------------------------------------------------------------------------------------- testbed
 def _editable(cls) -> type:
     """A settable copy of a frozen spec dataclass (same fields, types and defaults) to serve as a schema."""
@@ -307,6 +343,7 @@ def register() -> None:
         "pruning": {"width": Width, "global": Global, "depth": Depth, "layer_weighted": LayerWeighted, "hybrid": Hybrid},
         "model": {"hf": HFModel, "packaged": PackagedModel, "testbed": TestbedModel},
         "testbed": {"spec": _editable(TestbedSpec)},
+        "recovery": {"none": Recovery, "train": Train, "lora": Lora},
     }.items():
         for name, node in nodes.items():
             store.store(group=f"{group}/schema", name=name, node=node)

@@ -33,7 +33,7 @@ def _pruned_tiny():
     ({"steps": 0}, "recovery.steps=0 must be a positive integer"),
     ({"target_modules": ["q_proj", "qkv"]}, "not a projection: qkv"),
     ({"seq_len": 4096}, "exceeds the model's max_position_embeddings"),
-    ({"lr": -1}, "recovery.lr=-1 must be a positive number"),
+    ({"lr": -1}, "recovery.lr=-1.0 must be a positive number"),
     ({"warmup_steps": 500}, "warmup_steps=500"),
 ])
 def test_bad_settings_are_refused_in_one_line(bad, match):
@@ -48,7 +48,7 @@ def test_a_bad_setting_stops_the_job_before_the_model_loads(tmp_path):
     with pytest.raises(RecoveryError, match="recovery.steps=0"):
         run_job(compose_config(*FAST, "recovery=lora", "recovery.steps=0", "logger=none"), tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["status"] == "failed" and "load_model" not in saved["timings"]
+    assert saved["status"] == "refused" and "load_model" not in saved["timings"]  # a PruneLabError: exit 2
 
 
 def test_lora_merges_into_a_plain_pruned_model_that_reloads_to_identical_logits(tmp_path):
@@ -92,6 +92,15 @@ def test_job_with_lora_recovery_lowers_heldout_perplexity_and_saves_the_merged_m
         assert metrics["ppl_recovered"][length] < 0.98 * metrics["ppl_after"][length], metrics
     rec = metrics["recovery"]
     assert rec["loss_last"] < rec["loss_first"] and rec["train_tokens"] == 60 * 4 * 128
+    assert rec["seed"] == 0 and rec["tokens_seen"] == 60 * 4 * 128  # recovery.seed null: the job's seed
+    assert rec["stream_tokens"] == metrics["data"]["train_tokens"] == metrics["data"]["recovery"]["stream_tokens"]
+    # the control: the dense model recovered the same way; the gap is measured against it, per eval length
+    control = metrics["recovery_control"]
+    assert control["steps"] == 60 and control["seed"] == 0 and control["train_tokens"] == 60 * 4 * 128
+    for length in ("64", "256"):
+        dense = metrics["ppl_dense_recovered"][length]
+        assert dense < metrics["ppl_before"][length]  # training helps the dense model too: why the control is needed
+        assert metrics["recovery_gap"][length] == pytest.approx(metrics["ppl_recovered"][length] / dense - 1, rel=1e-12)
     assert metrics["timings"]["recovery"] > 0 and metrics["peak_memory_mb"]["recovery"] > 0
     assert "eval_recovered" in metrics["timings"]
     assert (tmp_path / "recovery_loss.png").stat().st_size > 5000
@@ -100,6 +109,7 @@ def test_job_with_lora_recovery_lowers_heldout_perplexity_and_saves_the_merged_m
 
     summary = logged_summary(next(tmp_path.glob("wandb/offline-run-*")))
     assert summary["ppl_recovered/256"] == pytest.approx(metrics["ppl_recovered"]["256"])
+    assert summary["recovery_gap/256"] == pytest.approx(metrics["recovery_gap"]["256"])
     assert "recovery/loss" in summary and summary["peak_memory_mb/recovery"] > 0
     # the saved model is the merged one: it reproduces the recovered perplexity
     from hydra.utils import instantiate

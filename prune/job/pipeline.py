@@ -105,6 +105,7 @@ class Prepared:
     tasks: list[str]
     task_dirs: list[str]
     data: EvalData
+    recovery: object = None  # prune.recovery_data.RecoveryPlan, with recovery=lora|full
 
 
 def _prepare(cfg: DictConfig, metrics: dict, recorder: PhaseRecorder) -> Prepared:
@@ -128,13 +129,20 @@ def _prepare(cfg: DictConfig, metrics: dict, recorder: PhaseRecorder) -> Prepare
             import datasets
 
             datasets.disable_progress_bars()
-    from prune.recovery import check_recovery
+    from prune.models import resolve_dtype
+    from prune.recovery import check_recovery, enabled as recovery_enabled
+    from prune.recovery_data import recovery_plan
 
-    check_recovery(cfg.get("recovery"), max_positions(model_config))
+    device = resolve_device(cfg.model.get("device", "auto"))
+    check_recovery(cfg.get("recovery"), max_positions(model_config), resolve_dtype(cfg.model.get("dtype", "auto"), device))
+    plan = None
     with recorder.phase("data"):
         data = load_data(cfg, model_source, data_source, model_config, lengths, (importance, layer_method), metrics)
+        if recovery_enabled(cfg.get("recovery")):  # its text, seed and steps; refused if it shares text with evaluation
+            plan = recovery_plan(cfg.recovery, cfg.seed, data.train_stream, data.test_stream, data.tokenizer)
+            metrics["data"]["recovery"] = plan.info()
     announce_memory(cfg, model_config, lengths, importance, metrics)  # after the last refusal: one line
-    return Prepared(model_source, importance, strategy, layer_method, lengths, tasks, task_dirs, data)
+    return Prepared(model_source, importance, strategy, layer_method, lengths, tasks, task_dirs, data, plan)
 
 
 def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder, tracker, prepared: Prepared) -> None:
@@ -184,6 +192,14 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
             else:
                 tasks_before = downstream("before")
 
+    control = None
+    from prune.recovery_control import dense_control, wanted as control_wanted
+
+    if control_wanted(cfg.get("recovery")):  # the dense model recovered the same way (cached per recovery key)
+        with recorder.phase("recovery_control"):
+            control = dense_control(cfg, model, model_id or fingerprint(model), p.recovery, data, lambda m: evaluate_lengths(
+                m, data.test_stream, data.lengths, cfg.eval.batch_size, data.max_tokens, progress, "dense_recovered"))
+
     # Importance (group scores and/or layer scores), and how accurate it is.
     calibration = Calibration(data.windows, cfg.batch_size, seed=cfg.seed, progress=progress,
                               max_pass_tokens=cfg.model.get("max_pass_tokens"))
@@ -219,7 +235,8 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
     from prune.recovery import enabled as recovery_enabled, recovery_phase
 
     if recovery_enabled(cfg.get("recovery")):  # fine-tune, evaluate again; the merged model is what is saved
-        model = recovery_phase(cfg, model, data.train_stream, evaluate, downstream if tasks else None, recorder, tracker, out, metrics)
+        model = recovery_phase(cfg, model, p.recovery, evaluate, downstream if tasks else None, recorder, tracker, out, metrics,
+                               control)
     if cfg.save_model:
         from prune.checkpoint import save_pruned
 
