@@ -66,8 +66,9 @@ def judge(what: str, x_key: str, ref, other, c: Comparison | None, kind: str, lo
         row["n_needed"] = (n_for_difference(c.diff, c.sd_used, c.test == "paired") if row["n_for"] == "difference"
                            else n_for_equivalence(c.sd_used, c.margin, c.test == "paired"))
     if damage is not None and kind == "ppl":
-        before, after = damage
-        row["damage"] = {"before": before, "after": after, "share": c.raw_diff / (after - before) if after > before else None}
+        before, after = damage[:2]  # (unpruned, reference arm), or (dense recovered the same way, reference arm, "control")
+        row["damage"] = {"before": before, "after": after, "share": c.raw_diff / (after - before) if after > before else None,
+                         "control": len(damage) > 2}
     return row
 
 
@@ -83,6 +84,13 @@ def _damage(row: dict) -> str:
     if not d:
         return ""
     stage = "recovery" if row.get("metric") == "ppl_recovered" else "pruning"
+    if d.get("control"):  # against the dense model recovered the same way: the gap recovery does not close
+        where = (f"{row['x_key']}={row['ref']}: {_fmt(d['after'])} after recovery vs {_fmt(d['before'])} for the dense model "
+                 f"recovered the same way, {100 * (d['after'] / d['before'] - 1):+.2f} %")
+        if d["share"] is None:
+            return f"; recovery closes the whole gap to the dense-recovered control ({where}): no gap to compare with"
+        return (f"; the difference ({row['diff']:+.4g}) is {100 * d['share']:+.0f} % of the gap recovery does not close "
+                f"({where})")
     where = f"{row['x_key']}={row['ref']}: {_fmt(d['before'])} before pruning, {_fmt(d['after'])} after {stage}"
     if d["share"] is None:
         return f"; no damage to compare with ({where})"
