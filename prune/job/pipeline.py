@@ -173,7 +173,18 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
         from prune.downstream import evaluate_tasks
 
         e = cfg.eval
-        return evaluate_tasks(model, data.tokenizer, tasks, e.tasks_batch_size, e.tasks_limit, None, task_dirs or None, e.tasks_fewshot)
+        res = evaluate_tasks(model, data.tokenizer, tasks, e.tasks_batch_size, e.tasks_limit, None, task_dirs or None, e.tasks_fewshot)
+        if probe_dir is not None:  # every probe item on graded measures, for a report paired by item
+            from prune.probe_score import score_probe
+
+            res["probe"] = score_probe(model, data.tokenizer, probe_dir, e.tasks_limit)
+        return res
+
+    from prune.probe import wanted as probe_wanted
+    from prune.probe_score import VERSION as SCORE_VERSION
+
+    probe_dir = (next((d for d in task_dirs if Path(d).parent.name == "probe"), None)
+                 if tasks and probe_wanted(tasks) and cfg.eval.probe.get("score", True) else None)
 
     with recorder.phase("eval_before"):
         if cfg.eval.cache_before:
@@ -187,7 +198,8 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
             if cfg.eval.cache_before:
                 key = {"model": model_id, "tokenizer": cfg.model.get("tokenizer_path"), "tasks": tasks,
                        "limit": cfg.eval.tasks_limit, "fewshot": cfg.eval.tasks_fewshot,
-                       "batch_size": cfg.eval.tasks_batch_size, "task_dirs": task_dirs}
+                       "batch_size": cfg.eval.tasks_batch_size, "task_dirs": task_dirs,
+                       "probe_score": probe_dir is not None and SCORE_VERSION}
                 tasks_before, _ = cached(cfg.cache_dir, "tasks_before", key, lambda: downstream("before"))
             else:
                 tasks_before = downstream("before")
