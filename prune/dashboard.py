@@ -34,6 +34,13 @@ def _require():
     return ws, wr
 
 
+def _bounds(report) -> dict[str, str]:
+    """Probe task -> 'ceiling' / 'floor' where the dense model sits there (exact retrieval; panel titles say so)."""
+    from prune.sweep.probe_items import bounds
+
+    return {task: f["exact"] for task, f in bounds(report).items() if "exact" in f}
+
+
 def sweep_facts(sweep_dir: Path) -> dict:
     """What the panels need to know about a sweep folder: its group, swept keys, lengths, tasks, extras."""
     from prune.sweep.conditions import Sweep
@@ -54,6 +61,7 @@ def sweep_facts(sweep_dir: Path) -> dict:
         "lengths": lengths, "tasks": tasks,
         "recovered": any(m.get("ppl_recovered") for m in ok),
         "control": any(m.get("ppl_dense_recovered") for m in ok),
+        "bounds": _bounds(report),
         "importance_accuracy": any(m.get("importance_accuracy") for m in ok),
         "phases": sorted({p for m in ok for p in (m.get("timings") or {})}),
         "memory_phases": sorted({p for m in ok for p in (m.get("peak_memory_mb") or {})}),
@@ -87,7 +95,9 @@ def sections(f: dict) -> list[tuple[str, list[tuple[str, dict]]]]:
     if f["tasks"]:
         stages = ["acc_after"] + (["acc_recovered"] if f["recovered"] else [])
         out.append(("Task and long-context probe accuracy",
-                    [("bar", {"title": f"{t} accuracy", "metrics": [f"{s}/{t}" for s in stages]}) for t in f["tasks"]]))
+                    [("bar", {"title": f"{t} accuracy" + (f" (dense model at {f['bounds'][t]}: cannot show a loss)"
+                                                          if t in f.get("bounds", {}) else ""),
+                              "metrics": [f"{s}/{t}" for s in stages]}) for t in f["tasks"]]))
     if f["importance_accuracy"]:
         out.append(("Importance accuracy", [("bar", {"title": "Spearman with the true removal loss",
                                                      "metrics": ["importance_accuracy/attention", "importance_accuracy/mlp"]})]))

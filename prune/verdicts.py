@@ -32,6 +32,7 @@ EFFECTS = {
     "ppl": ("relative", 0.02, "the seed note's lower prediction (2-5 % lower PPL at 512)"),
     "accuracy": ("absolute", 0.01, "the seed note's lower prediction (1-3 points of task accuracy)"),
     "spearman": ("absolute", 0.05, "a rank-correlation change of 0.05"),
+    "loglik": ("absolute", 0.05, "0.05 nats per key token (the key about 5 % more or less likely)"),
 }
 
 
@@ -118,10 +119,18 @@ def render(row: dict) -> dict:
     head = (f"{row['what']}: {x_key}={ref}: {_fmt(row['ref_mean'])} ± {_fmt(row['ref_sd'])} (n={row['n_ref']}) vs "
             f"{x_key}={other}: {_fmt(row['other_mean'])} ± {_fmt(row['other_sd'])} (n={row['n_other']})")
     prefix = "- **PRIMARY** " if row.get("role") == "primary" else "- "
+    unit = row.get("unit", "seed")
+    if row.get("bound") and (row["identical"] or math.isnan(row["p"])):  # never "identical" on a cell that cannot move
+        row["decision"] = f"at_{row['bound']}"
+        row["text"] = (f"{prefix}{head}; difference {row['diff']:+.4g} — uninformative: the dense model is at "
+                       f"{row['bound']} on this cell ({_fmt(row.get('bound_value'))}), so "
+                       + ("only a loss could show and none did at any seed" if row["bound"] == "ceiling"
+                          else "no loss can show here") + "; see the probe's log-likelihood lines.")
+        return row
     if row["identical"] or math.isnan(row["p"]):
         row["decision"] = "identical" if row["identical"] else "untestable"
         if row["identical"]:
-            judged = ("identical at every seed (paired differences all zero)" if row["test"] == "paired"
+            judged = (f"identical at every {unit} (paired differences all zero)" if row["test"] == "paired"
                       else "every seed gives the same value in both arms")
         elif min(row["n_ref"], row["n_other"]) < 2:
             judged = "no seed repeats: cannot be judged against noise"
@@ -133,7 +142,7 @@ def render(row: dict) -> dict:
         return row
     p, p_text = _adjusted(row, "p")
     t, t_text = _adjusted(row, "p_tost")
-    test = "paired by seed" if row["test"] == "paired" else "Welch"
+    test = f"paired by {unit}" if row["test"] == "paired" else "Welch"
     stat = (f"{_interval(row)}; {test}{' on log PPL' if row['log'] else ''}: {p_text}; equivalence (TOST) "
             f"against {row['margin_text']}: {t_text}")
     m = row["margin_text"]
@@ -155,11 +164,15 @@ def render(row: dict) -> dict:
             judged += "significant only before the Holm adjustment, and "
         judged += f"the 90 % CI reaches beyond {m}; "
         if row.get("n_for") == "difference":
-            judged += (f"about {n} seeds per arm would detect a difference of the observed size" if n
+            judged += (f"about {n} {unit}s per arm would detect a difference of the observed size" if n
                        else "no feasible n would detect a difference of the observed size at this spread")
         else:
-            judged += (f"about {n} seeds per arm would show equivalence if there were no true difference" if n
+            judged += (f"about {n} {unit}s per arm would show equivalence if there were no true difference" if n
                        else "no feasible n would show equivalence at this spread")
+    if row.get("resolution") is not None and row["resolution"] >= row["margin"]:
+        judged += f"; one item weighs {row['resolution']:.3g}, not below the margin {m}: too few items for an effect that small"
+    elif row.get("bound"):
+        judged += f"; the dense model is at {row['bound']} on this cell, so only a loss can show"
     row["text"] = f"{prefix}{head}; {stat}{_damage(row)} — {judged}."
     return row
 

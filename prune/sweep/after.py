@@ -15,7 +15,7 @@ from prune.sweep.comparisons import comparison
 from prune.sweep.conditions import pairs_by_seed
 from prune.sweep.jobs import setting
 
-AFTER_METRICS = ("ppl_recovered", "probe")  # the rows this section shows (the report's main list leaves them out)
+AFTER_METRICS = ("ppl_recovered", "probe", "probe_items")  # the rows this section shows (the report's main list leaves them out)
 STAGES = (("acc_before", "before pruning"), ("acc_after", "after pruning"), ("acc_recovered", "after recovery"))
 
 
@@ -177,7 +177,10 @@ def section(sweep, rows: list[dict]) -> str:
         methods = sorted({(j["metrics"].get("recovery") or {}).get("method", "?") for j in sweep.ok})
         text += [f"Recovery ({', '.join(methods)}): does each difference between {sweep.x_key} values survive it?", "",
                  _table(sweep), ""] + control_lines(sweep, rows) + [""]
+    from prune.sweep.probe_items import lines as bound_lines
+
     text += [v["text"] for v in rows if v.get("metric") in AFTER_METRICS] or ["- nothing to compare (a single condition)."]
+    text += [""] + bound_lines(sweep)
     if probe:
         text += ["", "![probe.png](probe.png)", "",
                  "Long-context probe (prune_passkey): exact retrieval of a key hidden at a depth of a context of a given "
