@@ -123,7 +123,7 @@ def render(row: dict) -> dict:
     if row.get("bound") and (row["identical"] or math.isnan(row["p"])):  # never "identical" on a cell that cannot move
         row["decision"] = f"at_{row['bound']}"
         row["text"] = (f"{prefix}{head}; difference {row['diff']:+.4g} — uninformative: the dense model is at "
-                       f"{row['bound']} on this cell ({_fmt(row.get('bound_value'))}), so "
+                       f"{row['bound']} on {row.get('bound_where', 'this cell')} ({_fmt(row.get('bound_value'))}), so "
                        + ("only a loss could show and none did at any seed" if row["bound"] == "ceiling"
                           else "no loss can show here") + "; see the probe's log-likelihood lines.")
         return row

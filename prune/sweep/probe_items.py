@@ -126,3 +126,4 @@ def mark_bounds(sweep, rows: list[dict]) -> None:
             kinds = {(flagged.get(t) or {}).get("exact") for t in probe_tasks}
             if probe_tasks and len(kinds) == 1 and None not in kinds:
                 row["bound"], row["bound_value"] = kinds.pop(), statistics.fmean(dense[t] for t in probe_tasks)
+                row["bound_where"] = "every cell"
