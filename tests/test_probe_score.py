@@ -77,3 +77,22 @@ def test_passkey_items_offer_k_keys_of_as_many_digits(stories260k, tinystories_f
     model = AutoModelForCausalLM.from_pretrained(stories260k, dtype=torch.float32).eval()
     cell = score_probe(model, tok, folder)[task_name(128, 0.5)]
     assert cell["chance"] == 0.25 and all(math.isfinite(i["ll"]) and i["ll"] <= 0 for i in cell["items"])
+
+
+@pytest.mark.slow
+def test_exact_retrieval_agrees_with_lm_evals_acc_on_every_cell(tiny_testbed, tmp_path):
+    """The scorer's ``exact`` is what lm-eval's ``acc`` measures on the same items (loglikelihood, greedy)."""
+    pytest.importorskip("lm_eval")
+    from prune.downstream import evaluate_tasks
+
+    source, tok, stream = _testbed()
+    folder = write_probe_dir(tmp_path, stream, tok, _probe(lengths=[256, 512], depths=[0.1, 0.9], items=8), 1024,
+                             "testbed", source.spec().corpus)
+    model = source.load().eval()
+    scored = score_probe(model, tok, folder)
+    res = evaluate_tasks(model, tok, ["prune_passkey"], 2, None, None, [str(folder)], 0)
+    assert set(res["tasks"]) == set(scored)
+    for task, cell in scored.items():
+        assert cell["exact"] == pytest.approx(res["tasks"][task]["value"]), task
+        # lm-eval's perplexity is exp(-mean key log-likelihood): one-token keys, so ll per token is the same mean
+        assert math.exp(-cell["ll"]) == pytest.approx(res["tasks"][task]["metrics"]["perplexity"], rel=1e-3), task
