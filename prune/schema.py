@@ -298,7 +298,7 @@ class Train(Recovery):
     schedule: str = setting()
     warmup_steps: int = setting()
     weight_decay: float = setting(">=0")
-    max_grad_norm: Optional[float] = setting(">0")
+    max_grad_norm: Optional[float] = setting(">=0")  # 0 or null: no clipping
     lr: float = setting()
     steps: Optional[int] = setting()  # null: from epochs
     epochs: Optional[float] = setting(">0")  # null: steps
