@@ -76,3 +76,13 @@ def test_the_dashboard_titles_a_ceiling_cell(tmp_path):
     assert facts["bounds"] == {CEIL: "ceiling"}
     titles = [spec["title"] for _, group in sections(facts) for _, spec in group if "title" in spec]
     assert f"{CEIL} accuracy (dense model at ceiling: cannot show a loss)" in titles and f"{MID} accuracy" in titles
+
+
+def test_a_single_cell_states_that_one_item_outweighs_the_margin(tmp_path):
+    from prune.sweep.report import build_report
+
+    folder = make_sweep(tmp_path / "s")
+    build_report(folder, log_wandb=False)
+    rows = json.loads((folder / "verdicts.json").read_text())["structured"]
+    mid = next(r for r in rows if r.get("metric") == "acc_after" and r.get("at") == MID)
+    assert mid["resolution"] == pytest.approx(1 / N) and "one item weighs 0.05, not below the margin ±0.01" in mid["text"]

@@ -115,9 +115,13 @@ def mark_bounds(sweep, rows: list[dict]) -> None:
     for task, value in dense.items():  # jobs without item scoring: exact retrieval of the dense model, 1 or 0
         if parse_task(str(task)) and task not in flagged and value in (0, 1):
             flagged[task] = {"exact": "ceiling" if value == 1 else "floor", "exact_value": value}
+    dense_cells = next((cells(j["metrics"], "before") for j in sweep.ok if cells(j["metrics"], "before")), {})
     for row in rows:
         if row.get("kind") != "accuracy" or row.get("metric") == "probe_items":
             continue
+        n = (dense_cells.get(row.get("at")) or {}).get("n")
+        if row.get("metric") in ("acc_after", "acc_recovered") and n:  # one cell: one item weighs 1 / its items
+            row["resolution"] = 1 / n
         if row.get("metric") in ("acc_after", "acc_recovered") and "exact" in flagged.get(row.get("at"), {}):
             f = flagged[row["at"]]
             row["bound"], row["bound_value"] = f["exact"], f["exact_value"]
