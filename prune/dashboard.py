@@ -34,6 +34,13 @@ def _require():
     return ws, wr
 
 
+def _bounds(report) -> dict[str, str]:
+    """Probe task -> 'ceiling' / 'floor' where the dense model sits there (exact retrieval; panel titles say so)."""
+    from prune.sweep.probe_items import bounds
+
+    return {task: f["exact"] for task, f in bounds(report).items() if "exact" in f}
+
+
 def sweep_facts(sweep_dir: Path) -> dict:
     """What the panels need to know about a sweep folder: its group, swept keys, lengths, tasks, extras."""
     from prune.sweep.conditions import Sweep
@@ -53,6 +60,8 @@ def sweep_facts(sweep_dir: Path) -> dict:
         "groupby": [CONFIG_KEYS.get(k, k) for k in keys],
         "lengths": lengths, "tasks": tasks,
         "recovered": any(m.get("ppl_recovered") for m in ok),
+        "control": any(m.get("ppl_dense_recovered") for m in ok),
+        "bounds": _bounds(report),
         "importance_accuracy": any(m.get("importance_accuracy") for m in ok),
         "phases": sorted({p for m in ok for p in (m.get("timings") or {})}),
         "memory_phases": sorted({p for m in ok for p in (m.get("peak_memory_mb") or {})}),
@@ -73,14 +82,22 @@ def sections(f: dict) -> list[tuple[str, list[tuple[str, dict]]]]:
                               per_layer("attention / MLP mean |grad|", ["by_layer/attention_grad_abs_mean", "by_layer/mlp_grad_abs_mean"])]),
         ("Kept per layer", [per_layer("kept fraction per layer", ["by_layer/attention_kept_fraction", "by_layer/mlp_kept_fraction"])]),
     ]
-    ppl = [("bar", {"title": f"PPL@{L} after pruning" + (" (one-shot / recovered)" if f["recovered"] else ""),
-                    "metrics": [f"ppl_after/{L}"] + ([f"ppl_recovered/{L}"] if f["recovered"] else [])}) for L in f["lengths"]]
+    control = f.get("control")
+    ppl = [("bar", {"title": f"PPL@{L} after pruning" + (" (one-shot / recovered" + (" / dense recovered)" if control else ")")
+                                                         if f["recovered"] else ""),
+                    "metrics": [f"ppl_after/{L}"] + ([f"ppl_recovered/{L}"] if f["recovered"] else [])
+                    + ([f"ppl_dense_recovered/{L}"] if control else [])}) for L in f["lengths"]]
+    if control:  # the gap recovery does not close: pruned-recovered PPL over the dense-recovered control, minus 1
+        ppl += [("bar", {"title": f"gap left after recovery @{L} (vs the dense model recovered the same way)",
+                         "metrics": [f"recovery_gap/{L}"]}) for L in f["lengths"]]
     ppl += [("bar", {"title": f"PPL@{L} before pruning", "metrics": [f"ppl_before/{L}"]}) for L in f["lengths"]]
     out.append(("Perplexity", ppl))
     if f["tasks"]:
         stages = ["acc_after"] + (["acc_recovered"] if f["recovered"] else [])
         out.append(("Task and long-context probe accuracy",
-                    [("bar", {"title": f"{t} accuracy", "metrics": [f"{s}/{t}" for s in stages]}) for t in f["tasks"]]))
+                    [("bar", {"title": f"{t} accuracy" + (f" (dense model at {f['bounds'][t]}: cannot show a loss)"
+                                                          if t in f.get("bounds", {}) else ""),
+                              "metrics": [f"{s}/{t}" for s in stages]}) for t in f["tasks"]]))
     if f["importance_accuracy"]:
         out.append(("Importance accuracy", [("bar", {"title": "Spearman with the true removal loss",
                                                      "metrics": ["importance_accuracy/attention", "importance_accuracy/mlp"]})]))

@@ -36,7 +36,7 @@ import numpy as np
 from prune.errors import ProbeError  # noqa: F401  (re-exported: defined with the other refusals)
 
 TAG = "prune_passkey"
-VERSION = 1
+VERSION = 2  # 2: items carry the needle-ablated context and the K candidate keys (prune.probe_score)
 NAME = re.compile(rf"^{TAG}_L(\d+)_d(\d+)$")
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key. "
 QUESTION = " What is the pass key? The pass key is"
@@ -62,7 +62,7 @@ def check_probe(pcfg) -> None:
         raise ProbeError(f"eval.probe.lengths={lengths} must be integers >= 16")
     if not depths or any(not isinstance(d, (int, float)) or not 0 <= d <= 1 for d in depths):
         raise ProbeError(f"eval.probe.depths={depths} must be fractions in [0, 1]")
-    for key in ("items", "digits"):
+    for key in ("items", "digits", "choices"):
         value = pcfg.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ProbeError(f"eval.probe.{key}={value} must be a positive integer")
@@ -71,13 +71,15 @@ def check_probe(pcfg) -> None:
     window = pcfg.get("window")
     if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 8):
         raise ProbeError(f"eval.probe.window={window} must be an integer >= 8 or null")
+    if int(pcfg.get("choices", 4)) < 2:
+        raise ProbeError(f"eval.probe.choices={pcfg.get('choices')} must be at least 2 (chance = 1 / choices)")
 
 
 class _Format:
     """How a key is written: needle and question token ids, target text, tokens to drop from the haystack."""
 
-    def __init__(self, kind: str, tokenizer, digits: int, corpus=None):
-        self.kind, self.tok, self.digits, self.corpus = kind, tokenizer, digits, corpus
+    def __init__(self, kind: str, tokenizer, digits: int, corpus=None, choices: int = 4):
+        self.kind, self.tok, self.digits, self.corpus, self.choices = kind, tokenizer, digits, corpus, choices
 
     def ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -90,15 +92,27 @@ class _Format:
             attr, value = int(rng.integers(c.num_attributes)), int(rng.integers(c.values_per_attribute))
             marker, first = len(SPECIAL_TOKENS) + attr, c.first_value_id + attr * c.values_per_attribute
             reserved = {marker, *range(first, first + c.values_per_attribute)}
+            values = [" " + vocab[first + v] for v in range(c.values_per_attribute)]  # every value of the attribute
             return {"needle": [marker, first + value], "question": [marker], "target": " " + vocab[first + value],
-                    "key": vocab[first + value], "reserved": reserved}
-        key = "".join(str(d) for d in rng.integers(0, 10, self.digits))
-        key = str(rng.integers(1, 10)) + key[1:]  # no leading zero
+                    "key": vocab[first + value], "reserved": reserved, "choices": values, "answer": value}
+        keys = []
+        while len(keys) < self.choices:  # the key and choices - 1 other keys of as many digits, in random order
+            key = "".join(str(d) for d in rng.integers(0, 10, self.digits))
+            key = str(rng.integers(1, 10)) + key[1:]  # no leading zero
+            if key not in keys:
+                keys.append(key)
+        key, answer = keys[0], int(rng.integers(self.choices))
+        keys[0], keys[answer] = keys[answer], keys[0]
         return {"needle": self.ids(NEEDLE.format(key=key)), "question": self.ids(QUESTION), "target": " " + key,
-                "key": key, "reserved": set()}
+                "key": key, "reserved": set(), "choices": [" " + k for k in keys], "answer": answer}
 
     def chance(self) -> float:
+        """Chance of exact retrieval (greedy reproduces the key)."""
         return 1 / self.corpus.values_per_attribute if self.kind == "testbed" else 10.0 ** -self.digits
+
+    def choice_chance(self) -> float:
+        """Chance of the K-way choice (the key scores highest among the candidates)."""
+        return 1 / self.corpus.values_per_attribute if self.kind == "testbed" else 1 / self.choices
 
 
 def build_items(stream, tokenizer, fmt: _Format, length: int, depth: float, n: int, seed: int,
@@ -123,15 +137,17 @@ def build_items(stream, tokenizer, fmt: _Format, length: int, depth: float, n: i
         while True:
             pos = round(depth * len(hay))
             ids = hay[:pos] + key["needle"] + hay[pos:] + key["question"]
+            ablated = hay[:pos] + hay[pos:] + key["question"]  # the same context without the needle: the baseline
             if window is not None:
-                ids = ids[-(window - 1 - target_len):]
+                ids, ablated = ids[-(window - 1 - target_len):], ablated[-(window - 1 - target_len):]
             context = tokenizer.decode(ids)
             total = len(tokenizer(context + key["target"])["input_ids"])
             if total <= length or len(hay) < 2:
                 break
             hay = hay[: len(hay) - (total - length)]  # re-tokenized text came out longer: trim the haystack
         items.append({"context": context, "target": key["target"], "key": key["key"], "length": length, "depth": depth,
-                      "distance": len(hay) - pos + len(key["question"]), "context_tokens": total, "item": i})
+                      "distance": len(hay) - pos + len(key["question"]), "context_tokens": total, "item": i,
+                      "ablated": tokenizer.decode(ablated), "choices": key["choices"], "answer": key["answer"]})
     return items
 
 
@@ -155,8 +171,9 @@ def write_probe_dir(out_dir, stream, tokenizer, pcfg, max_positions: int | None,
 
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    fmt = _Format(kind, tokenizer, int(pcfg.digits), corpus)
-    manifest = {"version": VERSION, "format": kind, "chance": fmt.chance(), "window": pcfg.get("window"), "tasks": {}}
+    fmt = _Format(kind, tokenizer, int(pcfg.digits), corpus, int(pcfg.get("choices", 4)))
+    manifest = {"version": VERSION, "format": kind, "chance": fmt.chance(), "choice_chance": fmt.choice_chance(),
+                "window": pcfg.get("window"), "tasks": {}}
     for length in effective_lengths(list(pcfg.lengths), max_positions or 0):
         for depth in pcfg.depths:
             name = task_name(length, float(depth))

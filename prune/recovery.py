@@ -22,14 +22,13 @@ from torch import nn
 
 from prune.errors import RecoveryError  # noqa: F401  (re-exported: defined with the other refusals)
 from prune.losses import next_token_nll
+from prune.recovery_data import RecoveryPlan, recovery_seed
 
 log = logging.getLogger(__name__)
 METHODS = ("none", "lora", "full")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULES = ("constant", "linear", "cosine")
 PEFT_HINT = "recovery=lora needs peft: pip install -e ."
-
-
 
 
 def enabled(rcfg) -> bool:
@@ -43,8 +42,8 @@ def _positive_int(rcfg, key: str) -> int:
     return value
 
 
-def check_recovery(rcfg, max_positions: int | None = None) -> None:
-    """Refuse, in one line, recovery settings that cannot work (no model needed)."""
+def check_recovery(rcfg, max_positions: int | None = None, dtype: torch.dtype | None = None) -> None:
+    """Refuse, in one line, recovery settings that cannot work (no model needed; ``dtype``: the model's)."""
     if rcfg is None:
         return
     name = str(rcfg.get("name", "none"))
@@ -52,15 +51,22 @@ def check_recovery(rcfg, max_positions: int | None = None) -> None:
         raise RecoveryError(f"recovery={name} is unknown: choose {', '.join(METHODS)}")
     if name == "none":
         return
-    steps = _positive_int(rcfg, "steps")
+    if name == "full" and dtype is not None and dtype != torch.float32:
+        raise RecoveryError(full_dtype_message(dtype))
+    if rcfg.get("steps") is not None or rcfg.get("epochs") is None:
+        steps = _positive_int(rcfg, "steps")
+    else:
+        steps = None  # from epochs, once the recovery text is tokenized (prune.recovery_data.plan_steps)
     _positive_int(rcfg, "batch_size")
+    if rcfg.get("grad_accum") is not None:
+        _positive_int(rcfg, "grad_accum")
     seq_len = _positive_int(rcfg, "seq_len")
     if seq_len < 2:
         raise RecoveryError(f"recovery.seq_len={seq_len} must be at least 2")
     if max_positions and seq_len > max_positions:
         raise RecoveryError(f"recovery.seq_len={seq_len} exceeds the model's max_position_embeddings ({max_positions})")
     warmup = rcfg.get("warmup_steps", 0)
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < steps:
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < (steps or warmup + 1):
         raise RecoveryError(f"recovery.warmup_steps={warmup} must be an integer in [0, steps={steps})")
     lr = rcfg.get("lr")
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
@@ -88,10 +94,9 @@ def check_recovery(rcfg, max_positions: int | None = None) -> None:
         raise RecoveryError(PEFT_HINT) from exc
 
 
-def check_recovery_text(rcfg, tokens: int) -> None:
-    """The calibration train split must hold more than one recovery window (checked before the model loads)."""
-    if enabled(rcfg) and tokens <= int(rcfg.seq_len):
-        raise RecoveryError(f"the calibration train split has {tokens:,} tokens, too few for recovery.seq_len={rcfg.seq_len}")
+def full_dtype_message(dtype) -> str:
+    return (f"recovery=full trains the weights in place and keeps no fp32 master copy, so a {str(dtype).replace('torch.', '')} "
+            "model would lose most updates to rounding: set model.dtype=float32 or use recovery=lora")
 
 
 def training_batches(stream: torch.Tensor, seq_len: int, batch_size: int, steps: int, seed: int):
@@ -120,23 +125,30 @@ def attach_lora(model: nn.Module, rcfg):
     return get_peft_model(model, config)
 
 
-def train(model: nn.Module, params: list, batches, rcfg, on_step=None) -> list[float]:
-    """AdamW on ``params`` with warm-up then ``rcfg.schedule``; returns the loss of every step."""
+def train(model: nn.Module, params: list, batches, rcfg, on_step=None, steps: int | None = None) -> list[float]:
+    """AdamW on ``params`` with warm-up then ``rcfg.schedule``, ``rcfg.grad_accum`` micro-batches per step;
+    returns the loss of every step."""
     from transformers import get_scheduler
 
     device = next(model.parameters()).device
-    steps = int(rcfg.steps)
+    steps = int(rcfg.steps) if steps is None else int(steps)
     optimizer = torch.optim.AdamW(params, lr=float(rcfg.lr), weight_decay=float(rcfg.get("weight_decay", 0.0)))
     scheduler = get_scheduler(rcfg.get("schedule", "constant") + ("_with_warmup" if rcfg.get("schedule", "constant") == "constant" else ""),
                               optimizer, num_warmup_steps=int(rcfg.get("warmup_steps", 0)), num_training_steps=steps)
     clip = rcfg.get("max_grad_norm")
+    accum = int(rcfg.get("grad_accum", 1) or 1)
     losses = []
     model.train()
     try:
-        for step, batch in enumerate(batches):
-            batch = batch.to(device)
-            loss = next_token_nll(model(input_ids=batch, use_cache=False).logits, batch).mean()
-            loss.backward()
+        batches = iter(batches)
+        for step in range(steps):
+            micro = []
+            for _ in range(accum):  # the mean loss over accum micro-batches: one step of batch_size x accum windows
+                batch = next(batches).to(device)
+                loss = next_token_nll(model(input_ids=batch, use_cache=False).logits, batch).mean()
+                (loss / accum).backward()
+                micro.append(float(loss.detach()))
+            loss = torch.tensor(_mean(micro))
             if clip:
                 torch.nn.utils.clip_grad_norm_(params, float(clip))
             optimizer.step()
@@ -152,11 +164,19 @@ def train(model: nn.Module, params: list, batches, rcfg, on_step=None) -> list[f
     return losses
 
 
-def recover(model: nn.Module, train_stream: torch.Tensor, rcfg, adapter_dir: str | Path | None = None, on_step=None):
-    """Fine-tune the pruned ``model`` in place; returns (the plain, merged model, info dict)."""
-    torch.manual_seed(int(rcfg.get("seed", 0)))  # LoRA initialisation and dropout
+def recover(model: nn.Module, train_stream: torch.Tensor, rcfg, adapter_dir: str | Path | None = None, on_step=None,
+            plan: RecoveryPlan | None = None):
+    """Fine-tune ``model`` in place; returns (the plain, merged model, info dict). ``plan`` (from
+    ``prune.recovery_data.recovery_plan``) gives the seed and steps; without it, ``recovery.seed`` (null: 0)
+    and ``recovery.steps``."""
+    if rcfg.name == "full" and any(p.dtype != torch.float32 for p in model.parameters() if p.is_floating_point()):
+        raise RecoveryError(full_dtype_message(next(p.dtype for p in model.parameters() if p.dtype != torch.float32)))
+    seed = plan.seed if plan is not None else recovery_seed(rcfg, 0)
+    steps = plan.steps if plan is not None else int(rcfg.steps)
+    accum = int(rcfg.get("grad_accum", 1) or 1)
+    torch.manual_seed(seed)  # LoRA initialisation and dropout
     grad_state = {name: p.requires_grad for name, p in model.named_parameters()}
-    batches = training_batches(train_stream, int(rcfg.seq_len), int(rcfg.batch_size), int(rcfg.steps), int(rcfg.get("seed", 0)))
+    batches = training_batches(train_stream, int(rcfg.seq_len), int(rcfg.batch_size), steps * accum, seed)
     if rcfg.name == "lora":
         trained = attach_lora(model, rcfg)
     else:
@@ -165,11 +185,12 @@ def recover(model: nn.Module, train_stream: torch.Tensor, rcfg, adapter_dir: str
             p.requires_grad_(True)
     params = [p for p in trained.parameters() if p.requires_grad]
     started = time.time()
-    losses = train(trained, params, batches, rcfg, on_step)
+    losses = train(trained, params, batches, rcfg, on_step, steps)
     info = {
-        "method": str(rcfg.name), "steps": int(rcfg.steps), "seq_len": int(rcfg.seq_len), "batch_size": int(rcfg.batch_size),
-        "lr": float(rcfg.lr), "trainable_params": sum(p.numel() for p in params),
-        "train_tokens": int(rcfg.steps) * int(rcfg.batch_size) * int(rcfg.seq_len),
+        "method": str(rcfg.name), "steps": steps, "seq_len": int(rcfg.seq_len), "batch_size": int(rcfg.batch_size),
+        "grad_accum": accum, "seed": seed, "lr": float(rcfg.lr), "trainable_params": sum(p.numel() for p in params),
+        "train_tokens": steps * accum * int(rcfg.batch_size) * int(rcfg.seq_len),
+        **({k: v for k, v in plan.info().items() if k not in ("seed", "steps")} if plan is not None else {}),
         "loss_curve": losses, "loss_first": _mean(losses[:10]), "loss_last": _mean(losses[-10:]),
         "train_seconds": time.time() - started, "adapter_dir": None,
     }
@@ -209,27 +230,33 @@ def plot_loss(losses: list[float], path: Path, title: str) -> str:
     return str(path)
 
 
-def recovery_phase(cfg, model, train_stream, evaluate, downstream, recorder, tracker, out: Path, metrics: dict):
+def recovery_phase(cfg, model, plan: RecoveryPlan, evaluate, downstream, recorder, tracker, out: Path, metrics: dict,
+                   control: dict | None = None):
     """The job's recovery phase: train, evaluate again (PPL, tasks), record; returns the merged model.
 
     ``evaluate(tag)`` and ``downstream(tag)`` (or None without tasks) score the model in memory, as for
     the one-shot model; times and peak memory go to the phases ``recovery``, ``eval_recovered`` and
-    ``tasks_recovered``.
+    ``tasks_recovered``. ``control`` (``prune.recovery_control``): the dense model recovered the same way;
+    the gap left (``recovery_gap``) is the recovered pruned model's PPL against it.
     """
     rcfg = cfg.recovery
 
     def on_step(step: int, loss: float, lr: float) -> None:
-        if step % int(rcfg.get("log_every", 1) or 1) == 0 or step == int(rcfg.steps) - 1:
+        if step % int(rcfg.get("log_every", 1) or 1) == 0 or step == plan.steps - 1:
             tracker.log({"recovery_step": step, "recovery/loss": loss, "recovery/lr": lr})
 
     adapter = out / "recovery_adapter" if cfg.save_model and rcfg.name == "lora" else None
     with recorder.phase("recovery"):
-        model, info = recover(model, train_stream, rcfg, adapter, on_step)
+        model, info = recover(model, plan.stream, rcfg, adapter, on_step, plan)
     with recorder.phase("eval_recovered"):
         recovered = evaluate("recovered")
     metrics["ppl_recovered"] = {str(k): v["ppl"] for k, v in recovered.items()}
     metrics["nll_recovered"] = {str(k): v["nll"] for k, v in recovered.items()}
     flat = {f"ppl_recovered/{k}": v for k, v in metrics["ppl_recovered"].items()}
+    if control is not None:
+        from prune.recovery_control import record_gap
+
+        flat.update(record_gap(metrics, control))
     if downstream is not None:
         with recorder.phase("tasks_recovered"):
             res = downstream("recovered")
@@ -242,6 +269,6 @@ def recovery_phase(cfg, model, train_stream, evaluate, downstream, recorder, tra
                  "recovery/trainable_params": info["trainable_params"]})
     tracker.summary(flat)
     tracker.log_images({"plots/recovery_loss": info["plot"]})
-    log.info("recovery (%s, %d steps): train loss %.4f -> %.4f; PPL %s", info["method"], info["steps"],
-             info["loss_first"], info["loss_last"], metrics["ppl_recovered"])
+    log.info("recovery (%s, %d steps, %s tokens seen of %s): train loss %.4f -> %.4f; PPL %s", info["method"], info["steps"],
+             f"{info['train_tokens']:,}", f"{plan.stream_tokens:,}", info["loss_first"], info["loss_last"], metrics["ppl_recovered"])
     return model

@@ -58,8 +58,10 @@ class Probe:
     depths: List[float] = setting()
     items: int = setting("int>0")
     digits: int = setting("int>0")
+    choices: int = setting("int>=2")
     seed: int = setting()
     window: Optional[int] = setting("int>0")
+    score: bool = setting()
 
 
 @dataclass

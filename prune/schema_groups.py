@@ -127,11 +127,15 @@ class TrainedRecovery(Recovery):
     schedule: Schedule = setting()
     warmup_steps: int = setting("int>=0")
     weight_decay: float = setting(">=0")
-    max_grad_norm: Optional[float] = setting(">0")
-    steps: int = setting("int>0")
+    max_grad_norm: Optional[float] = setting(">=0")  # 0 or null: no clipping
+    steps: Optional[int] = setting("int>0")  # null: from epochs
+    epochs: Optional[float] = setting(">0")  # null: steps
     batch_size: int = setting("int>0")
+    grad_accum: int = setting("int>0")
     seq_len: int = setting("int>=2")
-    seed: int = setting()
+    seed: Optional[int] = setting()  # null: the job's seed
+    data_files: Optional[List[str]] = setting()  # null: the calibration data's train split
+    dense_control: bool = setting()
     log_every: int = setting("int>0")
     lr: float = setting(">0")
 

@@ -32,6 +32,7 @@ EFFECTS = {
     "ppl": ("relative", 0.02, "the seed note's lower prediction (2-5 % lower PPL at 512)"),
     "accuracy": ("absolute", 0.01, "the seed note's lower prediction (1-3 points of task accuracy)"),
     "spearman": ("absolute", 0.05, "a rank-correlation change of 0.05"),
+    "loglik": ("absolute", 0.05, "0.05 nats per key token (the key about 5 % more or less likely)"),
 }
 
 
@@ -67,8 +68,9 @@ def judge(what: str, x_key: str, ref, other, c: Comparison | None, kind: str, lo
         row["n_needed"] = (n_for_difference(c.diff, c.sd_used, paired) if row["n_for"] == "difference"
                            else n_for_equivalence(c.sd_used, c.margin, paired))
     if damage is not None and kind == "ppl":
-        before, after = damage
-        row["damage"] = {"before": before, "after": after, "share": c.raw_diff / (after - before) if after > before else None}
+        before, after = damage[:2]  # (unpruned, reference arm), or (dense recovered the same way, reference arm, "control")
+        row["damage"] = {"before": before, "after": after, "share": c.raw_diff / (after - before) if after > before else None,
+                         "control": len(damage) > 2}
     return row
 
 
@@ -84,6 +86,13 @@ def _damage(row: dict) -> str:
     if not d:
         return ""
     stage = "recovery" if row.get("metric") == "ppl_recovered" else "pruning"
+    if d.get("control"):  # against the dense model recovered the same way: the gap recovery does not close
+        where = (f"{row['x_key']}={row['ref']}: {_fmt(d['after'])} after recovery vs {_fmt(d['before'])} for the dense model "
+                 f"recovered the same way, {100 * (d['after'] / d['before'] - 1):+.2f} %")
+        if d["share"] is None:
+            return f"; recovery closes the whole gap to the dense-recovered control ({where}): no gap to compare with"
+        return (f"; the difference ({row['diff']:+.4g}) is {100 * d['share']:+.0f} % of the gap recovery does not close "
+                f"({where})")
     where = f"{row['x_key']}={row['ref']}: {_fmt(d['before'])} before pruning, {_fmt(d['after'])} after {stage}"
     if d["share"] is None:
         return f"; no damage to compare with ({where})"
@@ -111,11 +120,19 @@ def render(row: dict) -> dict:
     head = (f"{row['what']}: {x_key}={ref}: {_fmt(row['ref_mean'])} ± {_fmt(row['ref_sd'])} (n={row['n_ref']}) vs "
             f"{x_key}={other}: {_fmt(row['other_mean'])} ± {_fmt(row['other_sd'])} (n={row['n_other']})")
     prefix = "- **PRIMARY** " if row.get("role") == "primary" else "- "
+    unit = row.get("unit", "seed")
+    if row.get("bound") and (row["identical"] or math.isnan(row["p"])):  # never "identical" on a cell that cannot move
+        row["decision"] = f"at_{row['bound']}"
+        row["text"] = (f"{prefix}{head}; difference {row['diff']:+.4g} — uninformative: the dense model is at "
+                       f"{row['bound']} on {row.get('bound_where', 'this cell')} ({_fmt(row.get('bound_value'))}), so "
+                       + ("only a loss could show and none did at any seed" if row["bound"] == "ceiling"
+                          else "no loss can show here") + "; see the probe's log-likelihood lines.")
+        return row
     if row["identical"] or math.isnan(row["p"]):
         row["decision"] = "identical" if row["identical"] else "untestable"
         if row["identical"]:
             judged = ("identical on every item (paired differences all zero)" if row["test"] == "items"
-                      else "identical at every seed (paired differences all zero)" if row["test"] == "paired"
+                      else f"identical at every {unit} (paired differences all zero)" if row["test"] == "paired"
                       else "every seed gives the same value in both arms")
         elif min(row["n_ref"], row["n_other"]) < 2:
             judged = "no seed repeats: cannot be judged against noise"
@@ -127,7 +144,7 @@ def render(row: dict) -> dict:
         return row
     p, p_text = _adjusted(row, "p")
     t, t_text = _adjusted(row, "p_tost")
-    test = {"paired": "paired by seed", "items": "paired t-test over items"}.get(row["test"], "Welch")
+    test = {"paired": f"paired by {unit}", "items": "paired t-test over items"}.get(row["test"], "Welch")
     stat = (f"{_interval(row)}; {test}{' on log PPL' if row['log'] else ''}: {p_text}; equivalence (TOST) "
             f"against {row['margin_text']}: {t_text}")
     m = row["margin_text"]
@@ -145,7 +162,7 @@ def render(row: dict) -> dict:
     else:
         row["decision"] = "cannot_tell"
         n = row.get("n_needed")
-        unit = "items (at these seeds)" if row["test"] == "items" else "seeds per arm"
+        unit = "items (at these seeds)" if row["test"] == "items" else f"{unit}s per arm"
         judged = "cannot tell at this n: "
         if row["p"] < ALPHA:
             judged += "significant only before the Holm adjustment, and "
@@ -156,6 +173,10 @@ def render(row: dict) -> dict:
         else:
             judged += (f"about {n} {unit} would show equivalence if there were no true difference" if n
                        else "no feasible n would show equivalence at this spread")
+    if row.get("resolution") is not None and row["resolution"] >= row["margin"]:
+        judged += f"; one item weighs {row['resolution']:.3g}, not below the margin {m}: too few items for an effect that small"
+    elif row.get("bound"):
+        judged += f"; the dense model is at {row['bound']} on this cell, so only a loss can show"
     row["text"] = f"{prefix}{head}; {stat}{_damage(row)} — {judged}."
     return row
 

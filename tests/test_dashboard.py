@@ -76,3 +76,18 @@ def test_the_report_puts_one_shot_and_recovered_side_by_side_and_plots_the_probe
 
 def test_console_script_is_registered():
     assert "prune-dashboard = prune.dashboard:main" in (REPO / "setup.cfg").read_text()
+
+
+def test_the_sweep_carries_the_recovery_control_and_the_probe_items(sweep):
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert len(jobs) == 2
+    # the control is trained once (same dense weights, recovery, text and seed 0) and reused by the other arm
+    assert sorted(j["recovery_control"]["cached"] for j in jobs) == [False, True]
+    assert jobs[0]["ppl_dense_recovered"] == jobs[1]["ppl_dense_recovered"]
+    for j in jobs:
+        for stage in ("before", "after", "recovered"):
+            cell = j["downstream"][stage]["probe"]["prune_passkey_L256_d50"]
+            assert cell["n"] == 4 and len(cell["items"]) == 4 and 0 < cell["chance"] < 1
+    report = (sweep / "report.md").read_text()
+    assert "Recovery control: the unpruned model fine-tuned exactly as the pruned ones" in report
+    assert "paired by item over 4 items" in report

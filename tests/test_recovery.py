@@ -95,6 +95,15 @@ def test_job_with_lora_recovery_lowers_heldout_perplexity_and_saves_the_merged_m
         assert metrics["ppl_recovered"][length] < 0.98 * metrics["ppl_after"][length], metrics
     rec = metrics["recovery"]
     assert rec["loss_last"] < rec["loss_first"] and rec["train_tokens"] == 60 * 4 * 128
+    assert rec["seed"] == 0 and rec["tokens_seen"] == 60 * 4 * 128  # recovery.seed null: the job's seed
+    assert rec["stream_tokens"] == metrics["data"]["train_tokens"] == metrics["data"]["recovery"]["stream_tokens"]
+    # the control: the dense model recovered the same way; the gap is measured against it, per eval length
+    control = metrics["recovery_control"]
+    assert control["steps"] == 60 and control["seed"] == 0 and control["train_tokens"] == 60 * 4 * 128
+    for length in ("64", "256"):
+        dense = metrics["ppl_dense_recovered"][length]
+        assert dense < metrics["ppl_before"][length]  # training helps the dense model too: why the control is needed
+        assert metrics["recovery_gap"][length] == pytest.approx(metrics["ppl_recovered"][length] / dense - 1, rel=1e-12)
     assert metrics["timings"]["recovery"] > 0 and metrics["peak_memory_mb"]["recovery"] > 0
     assert "eval_recovered" in metrics["timings"]
     assert (tmp_path / "recovery_loss.png").stat().st_size > 5000
@@ -103,6 +112,7 @@ def test_job_with_lora_recovery_lowers_heldout_perplexity_and_saves_the_merged_m
 
     summary = logged_summary(next(tmp_path.glob("wandb/offline-run-*")))
     assert summary["ppl_recovered/256"] == pytest.approx(metrics["ppl_recovered"]["256"])
+    assert summary["recovery_gap/256"] == pytest.approx(metrics["recovery_gap"]["256"])
     assert "recovery/loss" in summary and summary["peak_memory_mb/recovery"] > 0
     # the saved model is the merged one: it reproduces the recovered perplexity
     from hydra.utils import instantiate

@@ -128,6 +128,7 @@ class Prepared:
     tasks: list[str]
     task_dirs: list[str]
     data: EvalData
+    recovery: object = None  # prune.recovery_data.RecoveryPlan, with recovery=lora|full
 
 
 def _prepare(cfg: DictConfig, metrics: dict, recorder: PhaseRecorder) -> Prepared:
@@ -151,14 +152,20 @@ def _prepare(cfg: DictConfig, metrics: dict, recorder: PhaseRecorder) -> Prepare
             import datasets
 
             datasets.disable_progress_bars()
-    from prune.recovery import check_recovery, check_recovery_text
+    from prune.models import resolve_dtype
+    from prune.recovery import check_recovery, enabled as recovery_enabled
+    from prune.recovery_data import recovery_plan
 
-    check_recovery(cfg.get("recovery"), max_positions(model_config))
+    device = resolve_device(cfg.model.get("device", "auto"))
+    check_recovery(cfg.get("recovery"), max_positions(model_config), resolve_dtype(cfg.model.get("dtype", "auto"), device))
+    plan = None
     with recorder.phase("data"):
         data = load_data(cfg, model_source, data_source, model_config, lengths, (importance, layer_method), metrics)
-    check_recovery_text(cfg.get("recovery"), len(data.train_stream))
+        if recovery_enabled(cfg.get("recovery")):  # its text, seed and steps; refused if it shares text with evaluation
+            plan = recovery_plan(cfg.recovery, cfg.seed, data.train_stream, data.test_stream, data.tokenizer)
+            metrics["data"]["recovery"] = plan.info()
     announce_memory(cfg, model_config, lengths, importance, metrics)  # after the last refusal: one line
-    return Prepared(model_source, importance, strategy, layer_method, lengths, tasks, task_dirs, data)
+    return Prepared(model_source, importance, strategy, layer_method, lengths, tasks, task_dirs, data, plan)
 
 
 def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder, tracker, prepared: Prepared) -> None:
@@ -189,14 +196,26 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
         from prune.downstream import evaluate_tasks
 
         e = cfg.eval
-        return evaluate_tasks(model, data.tokenizer, tasks, e.tasks_batch_size, e.tasks_limit, None, task_dirs or None,
-                              e.tasks_fewshot, items=dict(e.get("tasks_items") or {}))
+        res = evaluate_tasks(model, data.tokenizer, tasks, e.tasks_batch_size, e.tasks_limit, None, task_dirs or None,
+                             e.tasks_fewshot, items=dict(e.get("tasks_items") or {}))
+        if probe_dir is not None:  # every probe item on graded measures, for a report paired by item
+            from prune.probe_score import score_probe
+
+            res["probe"] = score_probe(model, data.tokenizer, probe_dir, e.tasks_limit)
+        return res
+
+    from prune.probe import wanted as probe_wanted
+    from prune.probe_score import VERSION as SCORE_VERSION
+
+    probe_dir = (next((d for d in task_dirs if Path(d).parent.name == "probe"), None)
+                 if tasks and probe_wanted(tasks) and cfg.eval.probe.get("score", True) else None)
 
     def tasks_cached(tag: str, model_key: str) -> tuple[dict, bool]:
         """Task scores of a model whose weights were scored before with these settings: from the cache."""
         key = {"model": model_key, "tokenizer": cfg.model.get("tokenizer_path"), "tasks": tasks,
                "limit": cfg.eval.tasks_limit, "items": dict(cfg.eval.get("tasks_items") or {}),
-               "fewshot": cfg.eval.tasks_fewshot, "batch_size": cfg.eval.tasks_batch_size, "task_dirs": task_dirs}
+               "fewshot": cfg.eval.tasks_fewshot, "batch_size": cfg.eval.tasks_batch_size, "task_dirs": task_dirs,
+               "probe_score": probe_dir is not None and SCORE_VERSION}
         return cached(cfg.cache_dir, f"tasks_{tag}", key, lambda: downstream(tag))
 
     with recorder.phase("eval_before"):
@@ -212,6 +231,14 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
                 tasks_before, _ = tasks_cached("before", model_id)
             else:
                 tasks_before = downstream("before")
+
+    control = None
+    from prune.recovery_control import dense_control, wanted as control_wanted
+
+    if control_wanted(cfg.get("recovery")):  # the dense model recovered the same way (cached per recovery key)
+        with recorder.phase("recovery_control"):
+            control = dense_control(cfg, model, model_id or fingerprint(model), p.recovery, data, lambda m: evaluate_lengths(
+                m, data.test_stream, data.lengths, cfg.eval.batch_size, data.max_tokens, progress, "dense_recovered"))
 
     # Importance (group scores and/or layer scores), and how accurate it is.
     calibration = Calibration(data.windows, cfg.batch_size, seed=cfg.seed, progress=progress,
@@ -253,7 +280,8 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
     from prune.recovery import enabled as recovery_enabled, recovery_phase
 
     if recovery_enabled(cfg.get("recovery")):  # fine-tune, evaluate again; the merged model is what is saved
-        model = recovery_phase(cfg, model, data.train_stream, evaluate, downstream if tasks else None, recorder, tracker, out, metrics)
+        model = recovery_phase(cfg, model, p.recovery, evaluate, downstream if tasks else None, recorder, tracker, out, metrics,
+                               control)
     if cfg.save_model:
         from prune.checkpoint import save_pruned
 

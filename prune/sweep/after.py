@@ -15,7 +15,7 @@ from prune.sweep.comparisons import comparison
 from prune.sweep.conditions import pairs_by_seed
 from prune.sweep.jobs import setting
 
-AFTER_METRICS = ("ppl_recovered", "probe")  # the rows this section shows (the report's main list leaves them out)
+AFTER_METRICS = ("ppl_recovered", "probe", "probe_items")  # the rows this section shows (the report's main list leaves them out)
 STAGES = (("acc_before", "before pruning"), ("acc_after", "after pruning"), ("acc_recovered", "after recovery"))
 
 
@@ -23,9 +23,13 @@ def columns(metrics: dict) -> dict:
     """Summary-table columns of one job (empty without recovery)."""
     row = {f"ppl_recovered_{L}": v for L, v in (metrics.get("ppl_recovered") or {}).items()}
     row.update({f"acc_recovered_{t}": v for t, v in (metrics.get("acc_recovered") or {}).items()})
+    row.update({f"ppl_dense_recovered_{L}": v for L, v in (metrics.get("ppl_dense_recovered") or {}).items()})
+    row.update({f"recovery_gap_{L}": v for L, v in (metrics.get("recovery_gap") or {}).items()})
     rec = metrics.get("recovery") or {}
     if rec:
-        row.update(recovery_loss_first=rec.get("loss_first"), recovery_loss_last=rec.get("loss_last"))
+        row.update(recovery_loss_first=rec.get("loss_first"), recovery_loss_last=rec.get("loss_last"),
+                   recovery_tokens_seen=rec.get("train_tokens"), recovery_stream_tokens=rec.get("stream_tokens"),
+                   recovery_seed=rec.get("seed"))
     return row
 
 
@@ -98,14 +102,17 @@ def plot_probe(sweep) -> bool:
 
 def _table(sweep) -> str:
     lengths = sweep.eval_lengths()
-    head = f"| {' | '.join(sweep.series_keys + [sweep.x_key])} | n | " + " | ".join(f"PPL@{L} one-shot / recovered" for L in lengths) + " |"
+    control = any(j["metrics"].get("ppl_dense_recovered") for j in sweep.ok)
+    fields = ("ppl_after", "ppl_recovered") + (("ppl_dense_recovered",) if control else ())
+    shown = "one-shot / recovered" + (" / dense recovered" if control else "")
+    head = f"| {' | '.join(sweep.series_keys + [sweep.x_key])} | n | " + " | ".join(f"PPL@{L} {shown}" for L in lengths) + " |"
     rows = [head, "|" + "---|" * (len(sweep.series_keys) + 2 + len(lengths))]
     for key, jobs in sweep.series().items():
         for x, group in sweep.by_x(jobs).items():
             cells = []
             for length in lengths:
                 pair = []
-                for field in ("ppl_after", "ppl_recovered"):
+                for field in fields:
                     values = [v for v in ((j["metrics"].get(field) or {}).get(length) for j in group) if v is not None]
                     pair.append(f"{statistics.fmean(values):.4g}" + (f" ± {statistics.stdev(values):.2g}" if len(values) > 1 else "")
                                 if values else "-")
@@ -113,6 +120,50 @@ def _table(sweep) -> str:
             shown = ["off" if v is None else str(v) for v in key]
             rows.append(f"| {' | '.join(shown)}{' | ' if key else ''}{x} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def control_lines(sweep, rows: list[dict]) -> list[str]:
+    """The recovery control in words: what recovery does to the dense model, and to each difference, measured
+    against the dense model recovered the same way (the gap recovery does not close)."""
+    jobs = [j for j in sweep.ok if j["metrics"].get("ppl_dense_recovered")]
+    if not jobs:
+        return ["- no recovery control (recovery.dense_control=false, or jobs from before it existed): a recovered PPL "
+                "can only be compared with the dense model before recovery, which training alone may beat."]
+    rec = [j["metrics"].get("recovery") or {} for j in jobs]
+    seen, stream = _mean(r.get("train_tokens") for r in rec), _mean(r.get("stream_tokens") for r in rec)
+    text = [f"Recovery control: the unpruned model fine-tuned exactly as the pruned ones (same recovery settings, text, "
+            f"steps and seed; {len({r.get('seed') for r in rec})} seed(s)). Recovery saw {seen:,.0f} tokens per job"
+            + (f", drawn from {stream:,.0f} distinct tokens ({seen / stream:.2f} epochs)" if stream else "") + ".", ""]
+    for length in sweep.eval_lengths():
+        before = _mean((j["metrics"].get("ppl_before") or {}).get(length) for j in jobs)
+        dense = _mean((j["metrics"].get("ppl_dense_recovered") or {}).get(length) for j in jobs)
+        if before and dense:
+            text.append(f"- eval window {length}: the dense model goes from PPL {before:.4g} to {dense:.4g} "
+                        f"({100 * (dense / before - 1):+.2f} %) under the same recovery: training alone moves it.")
+    for row in rows:
+        if row.get("metric") != "ppl_recovered" or not (row.get("damage") or {}).get("control"):
+            continue
+        one_shot = next((r for r in rows if r.get("metric") == "ppl_after" and r.get("series") == row.get("series")
+                         and str(r["at"]) == str(row["at"]) and r["other"] == row["other"]), None)
+        d = row["damage"]
+        gap = f"{100 * (d['after'] / d['before'] - 1):+.2f} %"
+        after = (f"{100 * row['rel']:+.2f} % after recovery ("
+                 + (f"{100 * d['share']:+.0f} % of the gap left to the dense-recovered control, {gap}" if d["share"] is not None
+                    else f"no gap left: the recovered {row['x_key']}={row['ref']} is at or below the control, {gap}")
+                 + f"; {row.get('decision', '?').replace('_', ' ')})")
+        before_text = "?"
+        if one_shot is not None:
+            share = (one_shot.get("damage") or {}).get("share")
+            before_text = (f"{100 * one_shot['rel']:+.2f} % one-shot" + (f" ({100 * share:+.0f} % of the pruning damage)"
+                                                                           if share is not None else ""))
+        text.append(f"- [{row.get('series')}] eval window {row['at']}, {row['x_key']}={row['other']} vs {row['ref']}: "
+                    f"{before_text} -> {after}.")
+    return text
 
 
 def section(sweep, rows: list[dict]) -> str:
@@ -125,8 +176,11 @@ def section(sweep, rows: list[dict]) -> str:
     if recovered:
         methods = sorted({(j["metrics"].get("recovery") or {}).get("method", "?") for j in sweep.ok})
         text += [f"Recovery ({', '.join(methods)}): does each difference between {sweep.x_key} values survive it?", "",
-                 _table(sweep), ""]
+                 _table(sweep), ""] + control_lines(sweep, rows) + [""]
+    from prune.sweep.probe_items import lines as bound_lines
+
     text += [v["text"] for v in rows if v.get("metric") in AFTER_METRICS] or ["- nothing to compare (a single condition)."]
+    text += [""] + bound_lines(sweep)
     if probe:
         text += ["", "![probe.png](probe.png)", "",
                  "Long-context probe (prune_passkey): exact retrieval of a key hidden at a depth of a context of a given "

@@ -16,13 +16,17 @@ def _arm(jobs: list[dict], value) -> dict:
     return {setting(j, "seed"): value(j["metrics"]) for j in jobs}
 
 
-def comparison(what, x_key, ref, other, a, b, value, kind, lower_is_better, paired, before=None, metric=None, at=None):
+def comparison(what, x_key, ref, other, a, b, value, kind, lower_is_better, paired, before=None, metric=None, at=None,
+               control=None):
     """One verdict row: ``value(metrics)`` of the jobs ``a`` (reference arm) against ``b``; ``before(metrics)``
-    gives the unpruned value, for the share of the damage (PPL)."""
+    gives the unpruned value, for the share of the damage (PPL); ``control(metrics)``, where every job of the
+    reference arm has one, replaces it: the dense model recovered the same way (``prune.recovery_control``)."""
     size, log = margin(kind)
     c = compare(_arm(a, value), _arm(b, value), paired, size, log)
     damage = None
-    if c is not None and before is not None:
+    if c is not None and control is not None and all(control(j["metrics"]) is not None for j in a):
+        damage = (mean_sd([control(j["metrics"]) for j in a])[0], c.ref_mean, "control")
+    elif c is not None and before is not None:
         b_mean = mean_sd([before(j["metrics"]) for j in a])[0]
         damage = (b_mean, c.ref_mean)
     return judge(what, x_key, ref, other, c, kind, lower_is_better, damage, metric, at)
@@ -70,7 +74,8 @@ def verdicts(sweep) -> list[dict]:
             for field, stage in (("ppl_after", "pruning"), ("ppl_recovered", "recovery")):  # recovery: where jobs ran it
                 for length in sweep.eval_lengths():
                     add(f"PPL after {stage}, eval window {length}", lambda m, L=length, f=field: (m.get(f) or {}).get(L), "ppl", True,
-                        before=lambda m, L=length: (m.get("ppl_before") or {}).get(L), metric=field, at=length)
+                        before=lambda m, L=length: (m.get("ppl_before") or {}).get(L), metric=field, at=length,
+                        control=(lambda m, L=length: (m.get("ppl_dense_recovered") or {}).get(L)) if field == "ppl_recovered" else None)
             tasks = sorted({t for j in a + b for t in (j["metrics"].get("acc_after") or {})})
             if len(tasks) == 2 and "mean" in tasks:  # the mean of one task is that task
                 tasks.remove("mean")

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from prune.files import write_text
-from prune.sweep import after, figures
+from prune.sweep import after, figures, probe_items
 from prune.sweep.comparisons import verdicts as comparisons
 from prune.sweep.conditions import Sweep
 from prune.sweep.html_dashboard import write_dashboard
@@ -23,7 +23,8 @@ class Report(Sweep):
         overlaps = figures.plot_overlap(self)
         figures.plot_layers(self)
         figures.plot_cost(self)
-        rows = comparisons(self) + after.verdicts(self)  # after: the long-context probe
+        rows = comparisons(self) + after.verdicts(self) + probe_items.verdicts(self)  # after: the long-context probe
+        probe_items.mark_bounds(self, rows)  # probe cells where the dense model cannot move: never "identical"
         study = finalize(self, rows)  # primary endpoint, Holm, wording, negative control
         rows.sort(key=lambda r: r["role"] != "primary")  # the primary verdict first
         # every file through a temporary one: a sweep killed while reporting leaves the old report or the new
