@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prune.stats import compare, compare_items, mean_sd
 from prune.stats.items import bootstrap_ci, correct_by_item
-from prune.sweep.conditions import pairs_by_seed, removed_sets
+from prune.sweep.conditions import arm_pairs, pairs_by_seed, removed_sets
 from prune.sweep.jobs import setting
 from prune.verdicts import judge, margin, overlap_row
 
@@ -55,50 +55,44 @@ def item_comparison(label, x_key, ref, other, a, b, task) -> dict | None:
 def verdicts(sweep) -> list[dict]:
     """Every comparison of the reference x value with each other one, within each series (see prune.verdicts)."""
     rows = []
-    for key, jobs in sweep.series().items():
-        groups = sweep.by_x(jobs)
-        if len(groups) < 2:
-            continue
-        label = sweep.series_label(key)
-        ref, others = sweep.arms(groups)
-        for other in others:
-            a, b = groups[ref], groups[other]
-            paired = pairs_by_seed(a + b, sweep.x_key)
+    for label, ref, other, groups in arm_pairs(sweep):
+        a, b = groups[ref], groups[other]
+        paired = pairs_by_seed(a + b, sweep.x_key)
 
-            def add(what, value, kind, lower_is_better, **extra):
-                row = comparison(f"[{label}] {what}", sweep.x_key, ref, other, a, b, value, kind, lower_is_better, paired, **extra)
-                if row is not None:
-                    row["series"] = label
-                    rows.append(row)
+        def add(what, value, kind, lower_is_better, **extra):
+            row = comparison(f"[{label}] {what}", sweep.x_key, ref, other, a, b, value, kind, lower_is_better, paired, **extra)
+            if row is not None:
+                row["series"] = label
+                rows.append(row)
 
-            for field, stage in (("ppl_after", "pruning"), ("ppl_recovered", "recovery")):  # recovery: where jobs ran it
-                for length in sweep.eval_lengths():
-                    add(f"PPL after {stage}, eval window {length}", lambda m, L=length, f=field: (m.get(f) or {}).get(L), "ppl", True,
-                        before=lambda m, L=length: (m.get("ppl_before") or {}).get(L), metric=field, at=length,
-                        control=(lambda m, L=length: (m.get("ppl_dense_recovered") or {}).get(L)) if field == "ppl_recovered" else None)
-            tasks = sorted({t for j in a + b for t in (j["metrics"].get("acc_after") or {})})
-            if len(tasks) == 2 and "mean" in tasks:  # the mean of one task is that task
-                tasks.remove("mean")
-            for task in tasks:
-                name = "mean downstream accuracy" if task == "mean" else f"{task} accuracy"
-                add(f"{name} after pruning", lambda m, t=task: (m.get("acc_after") or {}).get(t), "accuracy", False,
-                    metric="acc_after", at=task)
-                row = item_comparison(label, sweep.x_key, ref, other, a, b, task) if task != "mean" else None
-                if row is not None:
-                    row["series"] = label
-                    rows.append(row)
-            truths = sorted({L for j in a + b for L in ((j["metrics"].get("importance_accuracy") or {}).get("by_truth") or {})}, key=int)
-            for truth in truths:
-                for block in ("attention", "mlp"):
-                    for measure, name in (("", "Spearman"), ("_wtau", "weighted tau")):
-                        add(f"importance accuracy ({name}, {block}; truth on {truth}-token windows)",
-                            lambda m, T=truth, k=f"{block}{measure}": (((m.get("importance_accuracy") or {}).get("by_truth") or {}).get(T) or {}).get(k),
-                            "spearman", False, metric="importance_accuracy", at=f"{block}{measure}@{truth}")
+        for field, stage in (("ppl_after", "pruning"), ("ppl_recovered", "recovery")):  # recovery: where jobs ran it
+            for length in sweep.eval_lengths():
+                add(f"PPL after {stage}, eval window {length}", lambda m, L=length, f=field: (m.get(f) or {}).get(L), "ppl", True,
+                    before=lambda m, L=length: (m.get("ppl_before") or {}).get(L), metric=field, at=length,
+                    control=(lambda m, L=length: (m.get("ppl_dense_recovered") or {}).get(L)) if field == "ppl_recovered" else None)
+        tasks = sorted({t for j in a + b for t in (j["metrics"].get("acc_after") or {})})
+        if len(tasks) == 2 and "mean" in tasks:  # the mean of one task is that task
+            tasks.remove("mean")
+        for task in tasks:
+            name = "mean downstream accuracy" if task == "mean" else f"{task} accuracy"
+            add(f"{name} after pruning", lambda m, t=task: (m.get("acc_after") or {}).get(t), "accuracy", False,
+                metric="acc_after", at=task)
+            row = item_comparison(label, sweep.x_key, ref, other, a, b, task) if task != "mean" else None
+            if row is not None:
+                row["series"] = label
+                rows.append(row)
+        truths = sorted({L for j in a + b for L in ((j["metrics"].get("importance_accuracy") or {}).get("by_truth") or {})}, key=int)
+        for truth in truths:
             for block in ("attention", "mlp"):
-                arms = [{setting(j, "seed"): removed_sets(j["plan"])[block] for j in g if j["plan"]} for g in (a, b)]
-                row = overlap_row(label, block, sweep.x_key, ref, other, *arms)
-                if row is not None:
-                    row["series"] = label
-                    row["metric"], row["at"] = "removed", block
-                    rows.append(row)
+                for measure, name in (("", "Spearman"), ("_wtau", "weighted tau")):
+                    add(f"importance accuracy ({name}, {block}; truth on {truth}-token windows)",
+                        lambda m, T=truth, k=f"{block}{measure}": (((m.get("importance_accuracy") or {}).get("by_truth") or {}).get(T) or {}).get(k),
+                        "spearman", False, metric="importance_accuracy", at=f"{block}{measure}@{truth}")
+        for block in ("attention", "mlp"):
+            arms = [{setting(j, "seed"): removed_sets(j["plan"])[block] for j in g if j["plan"]} for g in (a, b)]
+            row = overlap_row(label, block, sweep.x_key, ref, other, *arms)
+            if row is not None:
+                row["series"] = label
+                row["metric"], row["at"] = "removed", block
+                rows.append(row)
     return rows

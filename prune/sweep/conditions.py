@@ -135,3 +135,14 @@ class Sweep:
         plt.close(fig)
         self.figures[name] = str(path)
 
+
+def arm_pairs(sweep):
+    """``(series label, reference x, other x, jobs by x)`` for every comparison of a study: the reference arm
+    against each other arm, within each series that has two arms or more."""
+    for key, jobs in sweep.series().items():
+        groups = sweep.by_x(jobs)
+        if len(groups) < 2:
+            continue
+        ref, others = sweep.arms(groups)
+        for other in others:
+            yield sweep.series_label(key), ref, other, groups

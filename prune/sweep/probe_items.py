@@ -19,6 +19,7 @@ from __future__ import annotations
 import statistics
 
 from prune.stats import compare
+from prune.sweep.conditions import arm_pairs
 from prune.verdicts import judge, margin
 
 MEASURES = {"choice": ("accuracy", "K-way choice accuracy"),
@@ -68,27 +69,21 @@ def bounds(sweep) -> dict[str, dict]:
 def verdicts(sweep) -> list[dict]:
     """Rows (``prune.verdicts.judge``) comparing the arms item by item, pooled over cells, at each stage."""
     rows = []
-    for key, jobs in sweep.series().items():
-        groups = sweep.by_x(jobs)
-        if len(groups) < 2:
-            continue
-        label = sweep.series_label(key)
-        ref, others = sweep.arms(groups)
-        for other in others:
-            for stage, what in STAGES:
-                for measure, (kind, name) in MEASURES.items():
-                    a, b = item_means(groups[ref], stage, measure), item_means(groups[other], stage, measure)
-                    shared = a.keys() & b.keys()
-                    if len(shared) < 2:
-                        continue
-                    size, log = margin(kind)
-                    c = compare({k: a[k] for k in shared}, {k: b[k] for k in shared}, True, size, log)
-                    row = judge(f"[{label}] probe {name}, {what}, paired by item over {len(shared)} items", sweep.x_key,
-                                ref, other, c, kind, False, metric="probe_items", at=f"{measure}@{stage}")
-                    if row is None:
-                        continue
-                    row.update(series=label, unit="item", resolution=1 / len(shared) if kind == "accuracy" else None)
-                    rows.append(row)
+    for label, ref, other, groups in arm_pairs(sweep):
+        for stage, what in STAGES:
+            for measure, (kind, name) in MEASURES.items():
+                a, b = item_means(groups[ref], stage, measure), item_means(groups[other], stage, measure)
+                shared = a.keys() & b.keys()
+                if len(shared) < 2:
+                    continue
+                size, log = margin(kind)
+                c = compare({k: a[k] for k in shared}, {k: b[k] for k in shared}, True, size, log)
+                row = judge(f"[{label}] probe {name}, {what}, paired by item over {len(shared)} items", sweep.x_key,
+                            ref, other, c, kind, False, metric="probe_items", at=f"{measure}@{stage}")
+                if row is None:
+                    continue
+                row.update(series=label, unit="item", resolution=1 / len(shared) if kind == "accuracy" else None)
+                rows.append(row)
     return rows
 
 
