@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM
 
     import prune  # noqa: F401  (registers pruned_<base> with the Auto classes)
+    import prune.schema  # noqa: F401  (the config's resolvers, e.g. by_device)
     from prune.data import evaluation_windows, tokenize_documents
     from prune.evaluate import perplexity
 
