@@ -52,3 +52,27 @@ def test_subset_rate_counts_subsets_whose_test_says_512_is_better():
     assert subset_rate(d, 3) == pytest.approx(1 / 4)
     assert subset_rate(d, 5) is None and subset_rate(d, 1) is None
     assert subset_rate([-0.05, -0.06, -0.04], 3) == 0.0  # significant, but 128 is the better arm
+
+
+def test_the_wired_control_study_reads_as_the_huge_effect_point():
+    """On the committed control_seq_len jobs: the mechanism is read from the jobs' config, the rows from plans."""
+    from pathlib import Path
+
+    from prune.sweep.conditions import Sweep
+    from prune.sweep.detection import records, section
+
+    sweep = Sweep(Path(__file__).resolve().parent.parent / "experiments" / "results" / "control_seq_len")
+    recs, group = records(sweep)
+    assert group == (1, 0) and len(recs) == 72
+    text = section(sweep)
+    assert "| removal | ratio=0.1 | 6 | 100 % | 0 % | 100 % | +7.39 % | 100 % | 1.8e-08 | 100 % (k=5) |" in text
+    assert "| taylor_2nd | ratio=0.1 | 6 | 83 % | 50 % | 50 % |" in text
+
+
+def test_no_section_without_a_mechanism(tmp_path):
+    from prune.sweep.detection import mechanism
+
+    (tmp_path / "job" / ".hydra").mkdir(parents=True)
+    (tmp_path / "job" / ".hydra" / "config.yaml").write_text("testbed:\n  training:\n    dedicated_layer: null\n")
+    assert mechanism(tmp_path, [{"folder": "job"}]) is None
+    assert mechanism(tmp_path, [{"folder": "other"}]) is None
