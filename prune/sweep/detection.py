@@ -26,6 +26,7 @@ from prune.sweep.jobs import setting
 SHORT, LONG = 128, 512
 SUBSET_SEEDS = 6  # the seeds of a committed study
 ALPHA = 0.05
+HEADING = "## Detection rates of the planted effect"  # also how prune.findings finds the table
 
 
 def mechanism(sweep_dir: Path, jobs: list[dict]) -> tuple[int, int] | None:
@@ -118,7 +119,7 @@ def section(sweep) -> str:
     if not rows:
         return ""
     at = rows[0]["at"]
-    lines = ["", "## Detection rates of the planted effect", "",
+    lines = ["", HEADING, "",
              f"The mechanism is KV group L{group[0]}G{group[1]}, useful only beyond {SHORT} tokens. Per criterion and "
              f"strength, the {SHORT} and {LONG} jobs of one seed are a pair: the share of seeds whose {SHORT} job removes "
              f"the group, whose {LONG} job removes it, and whose {LONG} job keeps what its {SHORT} job removes "
