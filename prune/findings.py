@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
 JOB_FILES = ("metrics.json", "plan.json", ".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml")
 # the studies the findings page reports, in order, with the verdict kinds it quotes
-STUDIES = ("control_seq_len", "seq_len_128_vs_512", "stories260k_128_vs_512", "fisher_scale", "fisher_scale_stories260k",
+STUDIES = ("control_seq_len", "graded_control", "seq_len_128_vs_512", "stories260k_128_vs_512", "fisher_scale", "fisher_scale_stories260k",
            "importance_methods", "depth_seq_len", "recovery_128_vs_512")
 QUOTED = ("ppl", "accuracy", "overlap")
 
@@ -65,7 +65,18 @@ def study_block(folder: Path) -> list[str]:
     verdicts = [v["text"] for v in data.get("structured", []) if v.get("kind") in QUOTED or v.get("role") == "primary"]
     control = (study.get("negative_control") or {})
     tail = [f"Negative control: {control['status']}: {control['note']}", ""] if control.get("status") in ("pass", "fail", "absent") else []
-    return [f"### `{folder.name}`", "", *head, summary, "", *table, "", *verdicts, "", *tail,
+    from prune.sweep.detection import HEADING as DETECTION
+
+    detection = []  # a control's detection rates (prune.sweep.detection): the table, verbatim
+    if DETECTION in report:
+        i = report.index(DETECTION) + 1
+        while i < len(report) and not report[i].startswith("|"):
+            i += 1
+        while i < len(report) and report[i].startswith("|"):
+            detection.append(report[i])
+            i += 1
+        detection = ["Detection rates of the planted effect:", "", *detection, ""]
+    return [f"### `{folder.name}`", "", *head, summary, "", *table, "", *verdicts, "", *detection, *tail,
             f"Full report, figures and per-job files: `experiments/results/{folder.name}/`.", ""]
 
 

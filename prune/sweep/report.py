@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from prune.files import write_text
-from prune.sweep import after, figures, probe_items
+from prune.sweep import after, detection, figures, probe_items
 from prune.sweep.comparisons import verdicts as comparisons
 from prune.sweep.conditions import Sweep
 from prune.sweep.html_dashboard import write_dashboard
@@ -28,10 +28,11 @@ class Report(Sweep):
         study = finalize(self, rows)  # primary endpoint, Holm, wording, negative control
         rows.sort(key=lambda r: r["role"] != "primary")  # the primary verdict first
         # every file through a temporary one: a sweep killed while reporting leaves the old report or the new
-        write_text(self.dir / "report.md", markdown(self, rows, study) + after.section(self, rows))
+        write_text(self.dir / "report.md", markdown(self, rows, study) + after.section(self, rows)
+                   + detection.section(self))
         write_text(self.dir / "verdicts.json", json.dumps(
             {"failed": study["failed"], "study": study, "verdicts": [v["text"] for v in rows], "structured": rows,
-             "overlaps": overlaps}, indent=2, default=str))
+             "overlaps": overlaps, "detection": detection.detection_rows(detection.records(self)[0])}, indent=2, default=str))
         write_dashboard(self, rows, plotlyjs)  # dashboard.html: the per-layer panels and these verdicts, offline
         if log_wandb:
             self.log_to_wandb()

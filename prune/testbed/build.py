@@ -68,6 +68,8 @@ class TestbedTrainingSpec:
     # positive control (prune/testbed/control.py): long-range recall through this one KV group only
     dedicated_layer: int | None = None
     dedicated_group: int = 0
+    # true: the group is the only path by wiring (zeros held); false: by staged training (prune.testbed.graded)
+    wired: bool = True
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def data_dir(spec: CorpusSpec, cache_dir: str | os.PathLike) -> Path:
     return _testbed_root(cache_dir) / f"data-{_digest([BUILD_VERSION, asdict(spec)])}"
 
 
-CONTROL_FIELDS = ("dedicated_layer", "dedicated_group")
+CONTROL_FIELDS = ("dedicated_layer", "dedicated_group", "wired")
 
 
 def model_dir(spec: TestbedSpec, cache_dir: str | os.PathLike) -> Path:
@@ -107,6 +109,12 @@ def model_dir(spec: TestbedSpec, cache_dir: str | os.PathLike) -> Path:
     if spec.training.dedicated_layer is None:  # the control's settings shape nothing else: old caches stay valid
         for key in CONTROL_FIELDS:
             identity["training"].pop(key)
+    elif spec.training.wired:  # the wired control's folder is named as before the graded one existed
+        identity["training"].pop("wired")
+    else:  # the graded control: its own version, so a change to its training does not touch the others
+        from prune.testbed.graded import GRADED_VERSION
+
+        identity["graded_version"] = GRADED_VERSION
     return _testbed_root(cache_dir) / f"model-{_digest([BUILD_VERSION, identity])}"
 
 
@@ -202,7 +210,8 @@ def model_config(spec: TestbedSpec):
         max_position_embeddings=m.max_positions,
         rope_theta=m.rope_theta,
         initializer_range=m.init_std,
-        tie_word_embeddings=spec.training.dedicated_layer is None,  # the control reads out apart from its input
+        # the wired control reads out apart from its input; the graded one is an ordinary (tied) LLaMA
+        tie_word_embeddings=spec.training.dedicated_layer is None or not spec.training.wired,
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
         pad_token_id=PAD_ID,

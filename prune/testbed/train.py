@@ -45,6 +45,10 @@ def train_model(spec: TestbedSpec, train_stream: torch.Tensor, progress: bool = 
     from transformers import LlamaForCausalLM
 
     t, c = spec.training, spec.corpus
+    if t.dedicated_layer is not None and not t.wired:  # the graded control: staged training, nothing held at zero
+        from prune.testbed.graded import train_graded
+
+        return train_graded(spec, train_stream, progress)
     dense_spec = {"min_gap": t.warmup_min_gap, "max_gap": t.warmup_max_gap, "first_mention_within": 32}
     dense_docs = generate_documents(
         CorpusSpec(**{**asdict(c), "doc_tokens": max(t.doc_window, t.warmup_window)}), t.dense_docs, t.seed + 77,
