@@ -148,3 +148,22 @@ def test_the_resume_digest_ignores_display_settings_but_not_precision():
     assert config_digest(compose_config("model.dtype=float32")) == default  # what auto means on this CPU
     assert config_digest(compose_config("model.dtype=bfloat16")) != default
     assert config_digest(compose_config("seq_len=128")) != default
+
+
+def test_the_resume_digest_sees_testbed_settings_only_where_the_testbed_is_used():
+    """A testbed setting added after a SmolLM2 sweep started made its finished jobs look unfinished (stop 19):
+    the top-level block reaches a result only through model.testbed / data.testbed."""
+    from prune.job import config_digest
+
+    real = ["model=smollm2_135m", "data=text_split", "data.file=/nonexistent.txt"]
+    assert config_digest(compose_config(*real, "testbed.training.wired=false")) == config_digest(compose_config(*real))
+    assert config_digest(compose_config("testbed.training.wired=false")) != config_digest(compose_config())
+
+
+def test_changed_settings_names_every_differing_key():
+    from prune.job.naming import changed_settings, result_settings
+
+    old, new = result_settings(compose_config()), result_settings(compose_config("seq_len=128", "seed=3"))
+    assert set(changed_settings(old, new)) >= {"seq_len", "seed", "lengths.taylor"}
+    assert changed_settings(old, old) == []
+    assert changed_settings({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}}) == ["a.c"]

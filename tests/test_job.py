@@ -204,6 +204,33 @@ def test_a_rerun_marks_the_folder_unfinished_before_any_work(tmp_path, monkeypat
         run_job(compose_config(*FAST, "logger=none"), tmp_path)
     assert seen == ["running"]
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "interrupted"
+    kept = tmp_path / ".superseded" / "from-an-earlier-run" / "metrics.json"  # the finished result is not lost
+    assert json.loads(kept.read_text())["config_digest"] == "from-an-earlier-run"
+
+
+def test_a_rerun_sets_a_finished_result_aside_and_says_what_changed(tmp_path, caplog):
+    """Resume with a changed setting (or force=true) re-runs the job; its finished files move, never vanish,
+    and the report does not read them twice."""
+    import logging
+
+    from prune.job.naming import result_settings, set_aside_finished
+    from prune.sweep.jobs import metrics_files
+
+    job = tmp_path / "job"
+    (job / ".hydra").mkdir(parents=True)
+    old = {"status": "ok", "config_digest": "abc", "settings": result_settings(compose_config(*FAST))}
+    (job / "metrics.json").write_text(json.dumps(old))
+    (job / "plan.json").write_text("{}")
+    with caplog.at_level(logging.WARNING):
+        target = set_aside_finished(job, result_settings(compose_config(*FAST, "seq_len=32")), logging.getLogger("t"))
+    assert Path(target) == job / ".superseded" / "abc"
+    assert sorted(p.name for p in Path(target).iterdir()) == ["metrics.json", "plan.json"]
+    assert sorted(p.name for p in job.iterdir()) == [".hydra", ".superseded"]
+    assert "seq_len" in caplog.text and "lengths.taylor" in caplog.text
+    assert metrics_files(tmp_path, nested=True) == []  # the set-aside result is not a job of its own
+    (job / "metrics.json").write_text(json.dumps({"status": "failed"}))
+    assert set_aside_finished(job, {}, logging.getLogger("t")) is None  # nothing finished: nothing moved
+    assert (job / "metrics.json").exists()
 
 
 def test_a_setting_that_breaks_before_the_pipeline_is_still_recorded(tmp_path):

@@ -11,11 +11,11 @@ log = logging.getLogger(__name__)
 
 def metrics_files(sweep_dir: str | Path, nested: bool = False) -> list[Path]:
     """``<job>/metrics.json`` of every job folder in natural order (``2`` before ``10``); with ``nested``,
-    any depth when no folder holds one directly."""
+    any depth when no folder holds one directly (never a result a rerun set aside in ``<job>/.superseded``)."""
     sweep_dir = Path(sweep_dir)
     files = list(sweep_dir.glob("*/metrics.json"))
     if not files and nested:
-        files = list(sweep_dir.rglob("metrics.json"))
+        files = [f for f in sweep_dir.rglob("metrics.json") if ".superseded" not in f.parts[:-1]]  # set-aside results
     return sorted(files, key=lambda p: _natural(str(p.parent.relative_to(sweep_dir))))
 
 
