@@ -29,19 +29,35 @@ QUOTED = ("ppl", "accuracy", "overlap")
 
 
 def archive(sweep_dir: Path, dest: Path) -> int:
-    """Copy the compact per-job files of a sweep into ``dest``; returns the number of jobs copied."""
+    """Copy the compact per-job files of a sweep into ``dest``; returns the number of jobs copied.
+
+    ``metrics.json`` and ``plan.json`` are stored gzipped (``.gz``, compact JSON: about 20x smaller than
+    the indented originals, so a 160-job real-model study stays a few MB); every reader of a job folder
+    (``prune.sweep.jobs``) takes either form, and a copy rewritten here is never older than its source."""
+    import gzip
+
+    from prune.sweep.jobs import job_file, metrics_files, read_json
+
     dest.mkdir(parents=True, exist_ok=True)
     if (sweep_dir / "multirun.yaml").exists():
         shutil.copy2(sweep_dir / "multirun.yaml", dest / "multirun.yaml")
     n = 0
-    from prune.sweep.jobs import metrics_files
-
     for metrics in metrics_files(sweep_dir):
         job = metrics.parent
+        (dest / job.name).mkdir(parents=True, exist_ok=True)
         for name in JOB_FILES:
-            if (job / name).exists():
+            source = job_file(job, name)
+            if source is None:
+                continue
+            if name.endswith(".json"):
+                data = json.dumps(read_json(source), separators=(",", ":"), sort_keys=False).encode()
+                target = dest / job.name / f"{name}.gz"
+                if not (target.exists() and gzip.decompress(target.read_bytes()) == data):  # unchanged: left alone
+                    target.write_bytes(gzip.compress(data, mtime=0))  # mtime 0: the same bytes on every rebuild
+                (dest / job.name / name).unlink(missing_ok=True)  # an older plain copy
+            else:
                 (dest / job.name / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(job / name, dest / job.name / name)
+                shutil.copy2(source, dest / job.name / name)
         n += 1
     return n
 

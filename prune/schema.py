@@ -242,5 +242,16 @@ def by_device(device: str, cpu_value, gpu_value):
     return cpu_value if kind == "cpu" else gpu_value
 
 
+def batch_of(tokens, seq_len) -> int:
+    """``batch_size: ${batch_of:2048,${seq_len}}``: the batch that holds ``tokens`` calibration tokens at any
+    length, so per-batch statistics (the gradient's batch-to-batch spread) compare like with like."""
+    tokens, seq_len = int(tokens), int(seq_len)
+    if seq_len <= 0 or tokens % seq_len:
+        raise ValueError(f"batch_of: {tokens} tokens per batch is not a whole number of seq_len={seq_len} windows; "
+                         "pick lengths that divide it")
+    return tokens // seq_len
+
+
 OmegaConf.register_new_resolver("by_device", by_device, replace=True)
+OmegaConf.register_new_resolver("batch_of", batch_of, replace=True)
 register()

@@ -33,6 +33,7 @@ EFFECTS = {
     "accuracy": ("absolute", 0.01, "the seed note's lower prediction (1-3 points of task accuracy)"),
     "spearman": ("absolute", 0.05, "a rank-correlation change of 0.05"),
     "loglik": ("absolute", 0.05, "0.05 nats per key token (the key about 5 % more or less likely)"),
+    "grad_cv": ("relative", 0.10, "a 10 % change of the batch-to-batch CV of mean |grad| (the seed note names no size)"),
 }
 
 
@@ -76,7 +77,7 @@ def judge(what: str, x_key: str, ref, other, c: Comparison | None, kind: str, lo
 
 def _interval(row: dict) -> str:
     if row["log"]:
-        return (f"PPL ratio {100 * row['rel']:+.2f} % (90 % CI {100 * math.expm1(row['ci_low']):+.2f} % to "
+        return (f"{'CV' if row['kind'] == 'grad_cv' else 'PPL'} ratio {100 * row['rel']:+.2f} % (90 % CI {100 * math.expm1(row['ci_low']):+.2f} % to "
                 f"{100 * math.expm1(row['ci_high']):+.2f} %)")
     return f"difference {row['test_diff']:+.4g} (90 % CI {row['ci_low']:+.4g} to {row['ci_high']:+.4g})"
 
@@ -181,9 +182,10 @@ def render(row: dict) -> dict:
     return row
 
 
-def overlap_row(label: str, block: str, x_key: str, ref, other, arm_ref: dict, arm_other: dict) -> dict | None:
+def overlap_row(label: str, block: str, x_key: str, ref, other, arm_ref: dict, arm_other: dict,
+                band: tuple[int, int] | None = None) -> dict | None:
     """The numbers of: do the two settings remove different groups beyond seed noise? Names the groups
-    that differ most."""
+    that differ most. ``band``: the sets hold only the groups of layers ``band[0]..band[1]``."""
     if not arm_ref or not arm_other:
         return None
     result = overlap_test(arm_ref, arm_other)
@@ -194,7 +196,8 @@ def overlap_row(label: str, block: str, x_key: str, ref, other, arm_ref: dict, a
     shared = arm_ref.keys() & arm_other.keys()
     identical = (all(arm_ref[s] == arm_other[s] for s in shared) if shared
                  else len({frozenset(v) for v in [*arm_ref.values(), *arm_other.values()]}) == 1)
-    return {"what": f"[{label}] removed {block} groups", "kind": "overlap", "block": block, "x_key": x_key, "ref": ref,
+    where = "" if band is None else f" in layers {band[0]}-{band[1]}"
+    return {"what": f"[{label}] removed {block} groups{where}", "kind": "overlap", "block": block, "band": where, "x_key": x_key, "ref": ref,
             "other": other, **result, "min_p": min_permutation_p(arm_ref, arm_other), "identical": identical,
             "n_ref": len(arm_ref), "n_other": len(arm_other), "paired": set(arm_ref) == set(arm_other),
             "groups_differing": named}
@@ -210,7 +213,7 @@ def testable(row: dict) -> bool:
 def _render_overlap(row: dict) -> dict:
     x_key, ref, other = row["x_key"], row["ref"], row["other"]
     prefix = "- **PRIMARY** " if row.get("role") == "primary" else "- "
-    head = (f"{prefix}{row['what'][:row['what'].index(']') + 1]} removed {row['block']} groups, {x_key} {ref} vs {other}: "
+    head = (f"{prefix}{row['what'][:row['what'].index(']') + 1]} removed {row['block']} groups{row.get('band', '')}, {x_key} {ref} vs {other}: "
             f"Jaccard {row['between']:.2f} between the settings vs {row['within']:.2f} within a setting (different "
             "seeds on both sides)")
     if not math.isnan(row["same_seed"]):

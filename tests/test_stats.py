@@ -212,3 +212,73 @@ def test_rank_agreement_on_the_groups_that_matter_is_not_decided_by_noise_among_
     shuffled = scores.clone()
     shuffled[:25] = scores[:25][torch.randperm(25, generator=gen)]  # wrong on the ones that matter
     assert top_spearman(truth, shuffled) < 0.5 and weighted_tau(truth, shuffled) < weighted_tau(truth, scores) - 0.15
+
+
+def test_a_difference_equal_at_every_seed_up_to_rounding_is_not_tested_against_rounding_noise():
+    """Accuracies over 100 items that differ by exactly 0.09 at every seed (0.47 - 0.38 etc. in floats)
+    left a 1e-17 spread, and the t-test on it said p = 1e-31 (the interim SmolLM2 report)."""
+    ref = {0: 38 / 100, 1: 0.1 + 0.2 + 0.07, 2: 0.47}
+    other = {k: v + 0.09 for k, v in ref.items()}
+    d = [other[k] - ref[k] for k in ref]
+    assert len(set(d)) > 1  # rounding does leave a spread
+    c = compare(ref, other, paired=True, margin=0.01)
+    assert math.isnan(c.p) and not c.identical and c.diff == pytest.approx(0.09)
+    same = compare(ref, {k: v + 1e-18 for k, v in ref.items()}, paired=True, margin=0.01)
+    assert same.identical
+    # a real spread, however small against the values, is still tested
+    real = compare(ref, {0: 0.47, 1: 0.46, 2: 0.57}, paired=True, margin=0.01)
+    assert real.p < 0.05
+
+
+def test_removed_groups_are_compared_per_band_of_layers_where_only_the_deep_band_moves():
+    """The seed note: 128 tokens bias the deep layers, the shallow ones little. A setting that moves only
+    the deep third's choice differs there (per-band verdict) and not in the shallow third."""
+    from prune.sweep.comparisons import in_band, layer_bands
+
+    assert layer_bands(30) == [(0, 9), (10, 19), (20, 29)]
+    assert layer_bands(32) == [(0, 10), (11, 20), (21, 31)] and layer_bands(8) == []
+    rng = random.Random(1)
+    groups = [(layer, c) for layer in range(30) for c in range(20)]
+    preferred_a, preferred_b = set(rng.sample(groups, 150)), set(rng.sample(groups, 150))
+
+    def draw(preferred):  # one seed's choice: most of the preferred groups, a few others at the margin
+        return set(rng.sample(sorted(preferred), 135)) | set(rng.sample(groups, 15))
+
+    arm_a = {s: draw(preferred_a) for s in range(8)}
+    arm_b = {s: {g for g in v if g[0] < 20} | in_band(draw(preferred_b), (20, 29)) for s, v in arm_a.items()}
+    rows = {band: overlap_row("all", "mlp", "seq_len", 128, 512, {s: in_band(v, band) for s, v in arm_a.items()},
+                              {s: in_band(v, band) for s, v in arm_b.items()}, band=band) for band in layer_bands(30)}
+    assert rows[(20, 29)]["p"] < 0.05 and rows[(20, 29)]["between"] < rows[(20, 29)]["within"]
+    assert rows[(0, 9)]["identical"]  # the shallow third removes the same groups at every seed
+    text_deep = render(dict(rows[(20, 29)], role="secondary"))["text"]
+    assert "removed mlp groups in layers 20-29, seq_len 128 vs 512" in text_deep
+
+
+def test_gradient_cv_is_judged_per_band_only_at_equal_tokens_per_batch(tmp_path):
+    """The note's "more stable gradients at 512": a CV verdict only where both arms put the same tokens in
+    a batch (batch_size = 2048 // seq_len); at 4 x 128 vs 4 x 512 a lower CV is partly just bigger batches."""
+    from prune.sweep.comparisons import verdicts
+    from prune.sweep.conditions import Sweep
+
+    def write(folder, seq_len, batch_size, seed, cv):
+        (tmp_path / folder / folder).mkdir(parents=True)
+        by_layer = [{"layer": i, "grad_abs_mean_batch_cv": cv * (1.0 + 0.01 * i)} for i in range(30)]
+        run = {"seq_len": seq_len, "batch_size": batch_size, "seed": seed, "importance": "taylor_2nd", "model": "m"}
+        (tmp_path / folder / folder / "metrics.json").write_text(json.dumps({"status": "ok", "run": run, "by_layer": by_layer}))
+
+    rng = random.Random(0)
+    for seed in range(5):
+        base = 0.5 + 0.05 * rng.random()
+        write("equal", 128, 16, seed, base)  # the same folder twice: both arms in one sweep
+        (tmp_path / "equal" / "equal").rename(tmp_path / "equal" / f"s{seed}-128")
+        write("equal", 512, 4, seed, base * 0.7 * (1 + 0.01 * rng.random()))
+        (tmp_path / "equal" / "equal").rename(tmp_path / "equal" / f"s{seed}-512")
+    rows = [r for r in verdicts(Sweep(tmp_path / "equal")) if r["kind"] == "grad_cv"]
+    assert [r["at"] for r in rows] == ["L0-9", "L10-19", "L20-29"]
+    assert all(r["p"] < 0.05 and r["rel"] == pytest.approx(-0.3, abs=0.02) for r in rows)
+    assert "2048 tokens per batch in both" in rows[0]["what"]
+    for seed in range(5):  # the same CVs at 4 sequences per batch at both lengths: no CV verdict
+        for n, cv in ((128, 0.5), (512, 0.35)):
+            write("unequal", n, 4, seed, cv)
+            (tmp_path / "unequal" / "unequal").rename(tmp_path / "unequal" / f"s{seed}-{n}")
+    assert not [r for r in verdicts(Sweep(tmp_path / "unequal")) if r["kind"] == "grad_cv"]

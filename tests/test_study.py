@@ -77,3 +77,22 @@ def test_without_a_declared_primary_every_comparison_is_secondary(tmp_path):
     report, data = build(make_sweep(tmp_path / "s", study=None))
     assert all(r["role"] == "secondary" for r in data["structured"])
     assert "No primary endpoint declared" in report and data["study"]["primary"] is None
+
+
+def test_the_smollm2_study_runs_its_primary_then_its_negative_control_first():
+    """Hydra's sweep varies the last key fastest: the primary's 10 seeds x 2 lengths must come first and the
+    magnitude control at the same condition next, so a study cut short for CPU time keeps both."""
+    import itertools
+
+    from omegaconf import OmegaConf
+
+    from conftest import CONF
+
+    exp = OmegaConf.load(CONF / "experiment" / "smollm2_128_vs_512.yaml")
+    params = {k: str(v).split(",") for k, v in exp.hydra.sweeper.params.items()}
+    order = [dict(zip(params, values)) for values in itertools.product(*params.values())]
+    where = {k: str(v) for k, v in exp.study.primary.where.items()}
+    assert all(all(job[k] == v for k, v in where.items()) for job in order[:20])
+    control = {**where, "importance": "magnitude"}
+    assert all(all(job[k] == v for k, v in control.items()) for job in order[20:40])
+    assert {(j["seed"], j["seq_len"]) for j in order[:20]} == {(str(s), n) for s in range(10) for n in ("128", "512")}

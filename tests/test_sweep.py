@@ -116,10 +116,30 @@ def test_an_archived_sweep_rebuilds_the_same_verdicts_from_its_compact_files(swe
     original = json.loads((folder / "verdicts.json").read_text())["verdicts"]
     rebuilt = json.loads((dest / "verdicts.json").read_text())["verdicts"]
     assert rebuilt == original and len(rebuilt) > 4
+    # the per-job JSON is stored gzipped, readable by every reader, and much smaller than the originals
+    assert not list(dest.glob("*/metrics.json")) and not list(dest.glob("*/plan.json"))
+    archived = sum(f.stat().st_size for f in dest.glob("*/*.json.gz"))
+    source = sum(f.stat().st_size for f in folder.glob("*/metrics.json")) + sum(f.stat().st_size for f in folder.glob("*/plan.json"))
+    assert len(list(dest.glob("*/metrics.json.gz"))) == len(list(folder.glob("*/metrics.json"))) and archived < source / 4
+    from prune.sweep.jobs import load_jobs
+
+    live, archived_jobs = load_jobs(folder)[0], load_jobs(dest)[0]
+    assert [j["metrics"] for j in archived_jobs] == [j["metrics"] for j in live]
+    assert [j["plan"] for j in archived_jobs] == [j["plan"] for j in live]
     # committed studies share one plotly.js beside them instead of embedding 4 MB each
     page = (dest / "dashboard.html").read_text()
     assert '<script charset="utf-8" src="../plotly.min.js"></script>' in page and len(page) < 1_000_000
     assert (dest.parent / "plotly.min.js").stat().st_size > 3_000_000 and (folder / "dashboard.html").stat().st_size > 3_000_000
+    # a job killed before its record (status running, nothing else) is unfinished, not failed, and does not
+    # make every setting look varied
+    head = next(line for line in (dest / "report.md").read_text().splitlines() if " jobs: " in line)
+    (dest / "zz-killed").mkdir()
+    (dest / "zz-killed" / "metrics.json").write_text('{"status": "running", "output_dir": "x"}')
+    out = subprocess.run([sys.executable, "-m", "prune.sweep", str(dest), "--no-wandb"], capture_output=True, text=True, timeout=300)
+    report = (dest / "report.md").read_text()
+    n = len(live)
+    assert f"{n + 1} jobs: {n} ok, 0 failed, 1 unfinished" in report and "## Failed jobs" not in report
+    assert "- job zz-killed: status running" in report and head.split("Varying: ")[1] in report
 
 
 def test_readme_findings_are_the_committed_reports_verdicts():
@@ -267,3 +287,20 @@ def test_sweep_folder_names_are_one_path_component_of_bounded_length():
     assert "/" not in name and name == "data.file=_data_a.txt,seed=0"
     long = ",".join(f"eval.key{i}={'x' * 20}" for i in range(20))
     assert len(safe_dirname(long)) <= 200 and safe_dirname(long) != safe_dirname(long + "y")
+
+
+def test_a_job_folder_reads_the_same_plain_or_gzipped_and_a_live_file_wins(tmp_path):
+    import gzip
+
+    from prune.sweep.jobs import metrics_files, read_metrics
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "metrics.json.gz").write_bytes(gzip.compress(json.dumps({"status": "ok", "x": 1}).encode()))
+    (tmp_path / "b" / "metrics.json.gz").write_bytes(gzip.compress(b'{"status": "ok"}'))
+    (tmp_path / "b" / "metrics.json").write_text('{"status": "running"}')  # rerun in an archived folder
+    assert [p.name for p in metrics_files(tmp_path)] == ["metrics.json.gz", "metrics.json"]
+    assert read_metrics(tmp_path / "a") == {"status": "ok", "x": 1}
+    assert read_metrics(tmp_path / "b") == {"status": "running"}
+    (tmp_path / "a" / "metrics.json.gz").write_bytes(b"\x1f\x8b truncated")
+    assert read_metrics(tmp_path / "a")["status"] == "failed"

@@ -83,6 +83,13 @@ def _clean(arm: dict, log: bool) -> dict:
     return {k: v for k, v in arm.items() if v is not None and not math.isnan(v) and (v > 0 or not log)}
 
 
+def _noise_floor(values) -> float:
+    """Spread below this is floating-point rounding, not seed noise: accuracies of 100 items that differ by
+    exactly 0.09 at every seed give paired differences 0.09 +- 1e-17, and a t-test on that spread would
+    report p = 1e-31 (stop 19's interim SmolLM2 report). Relative to the values' scale."""
+    return 1e-9 * max([1.0] + [abs(v) for v in values])
+
+
 def compare(ref: dict, other: dict, paired: bool, margin: float, log: bool = False) -> Comparison | None:
     """``ref`` / ``other``: seed -> value. Paired (by seed) when ``paired`` and at least two seeds are shared."""
     from scipy.stats import ttest_ind, ttest_rel
@@ -99,9 +106,10 @@ def compare(ref: dict, other: dict, paired: bool, margin: float, log: bool = Fal
         x, y = [f(other[k]) for k in shared], [f(ref[k]) for k in shared]
         d = [a - b for a, b in zip(x, y)]
         sd, diff, df = statistics.stdev(d), statistics.fmean(d), len(d) - 1
-        identical = all(v == 0 for v in d)
+        floor = _noise_floor(x + y)
+        identical = all(abs(v) <= floor for v in d)
         p = p_tost = lo = hi = nan
-        if sd > 0:
+        if sd > floor:
             res = ttest_rel(x, y)
             p, (lo, hi) = float(res.pvalue), res.confidence_interval(1 - 2 * ALPHA)
             above = ttest_rel(x, [v - margin for v in y], alternative="greater").pvalue  # H0: diff <= -margin
@@ -110,12 +118,12 @@ def compare(ref: dict, other: dict, paired: bool, margin: float, log: bool = Fal
         return Comparison(ma, sa, na, mb, sb, nb, diff, p, "paired", log, margin, p_tost, float(lo), float(hi), df, sd, identical)
     x, y = [f(v) for v in other.values()], [f(v) for v in ref.values()]
     diff = statistics.fmean(x) - statistics.fmean(y)
-    identical = len(set(x + y)) == 1
+    identical = max(x + y) - min(x + y) <= _noise_floor(x + y)
     if na < 2 or nb < 2:
         return Comparison(ma, sa, na, mb, sb, nb, diff, nan, "welch", log, margin, nan, nan, nan, nan, nan, identical)
     pooled = math.sqrt(((na - 1) * statistics.variance(y) + (nb - 1) * statistics.variance(x)) / (na + nb - 2))
     p = p_tost = lo = hi = df = nan
-    if pooled > 0:
+    if pooled > _noise_floor(x + y):
         res = ttest_ind(x, y, equal_var=False)
         p, df, (lo, hi) = float(res.pvalue), float(res.df), res.confidence_interval(1 - 2 * ALPHA)
         above = ttest_ind(x, [v - margin for v in y], equal_var=False, alternative="greater").pvalue

@@ -88,11 +88,48 @@ def verdicts(sweep) -> list[dict]:
                     add(f"importance accuracy ({name}, {block}; truth on {truth}-token windows)",
                         lambda m, T=truth, k=f"{block}{measure}": (((m.get("importance_accuracy") or {}).get("by_truth") or {}).get(T) or {}).get(k),
                         "spearman", False, metric="importance_accuracy", at=f"{block}{measure}@{truth}")
-        for block in ("attention", "mlp"):
-            arms = [{setting(j, "seed"): removed_sets(j["plan"])[block] for j in g if j["plan"]} for g in (a, b)]
-            row = overlap_row(label, block, sweep.x_key, ref, other, *arms)
-            if row is not None:
-                row["series"] = label
-                row["metric"], row["at"] = "removed", block
-                rows.append(row)
+        plans = [j["plan"] for j in a + b if j["plan"]]
+        n_layers = min((len(p["dense_counts"]["attention"]) for p in plans), default=0)
+        equal_batches = _tokens_per_batch(a) == _tokens_per_batch(b) is not None  # else a lower CV may be just bigger batches
+        if sweep.x_key in ("seq_len", "lengths.taylor") and equal_batches:  # the note's "more stable gradients"
+            depth = min((len(j["metrics"].get("by_layer") or []) for j in a + b), default=0)
+            for band in layer_bands(depth) or ([(0, depth - 1)] if depth else []):
+                add(f"batch-to-batch CV of mean |grad|, layers {band[0]}-{band[1]} (mean over layers; "
+                    f"{_tokens_per_batch(a)} tokens per batch in both)", lambda m, B=band: _band_cv(m, B), "grad_cv", True,
+                    metric="grad_cv", at=f"L{band[0]}-{band[1]}")
+        for band in [None, *layer_bands(n_layers)]:  # the whole model, then shallow / middle / deep thirds
+            for block in ("attention", "mlp"):
+                arms = [{setting(j, "seed"): in_band(removed_sets(j["plan"])[block], band) for j in g if j["plan"]} for g in (a, b)]
+                row = overlap_row(label, block, sweep.x_key, ref, other, *arms, band=band)
+                if row is not None:
+                    row["series"] = label
+                    row["metric"], row["at"] = "removed", block if band is None else f"{block}@L{band[0]}-{band[1]}"
+                    rows.append(row)
     return rows
+
+
+def _tokens_per_batch(jobs: list[dict]) -> int | None:
+    """The calibration tokens per batch of an arm (seq_len x batch_size), None unless one value for all."""
+    values = {(setting(j, "seq_len") or 0) * (setting(j, "batch_size") or 0) for j in jobs}
+    return values.pop() if len(values) == 1 and 0 not in values else None
+
+
+def _band_cv(metrics: dict, band: tuple[int, int]) -> float | None:
+    """Mean over the band's layers of the batch-to-batch CV of each layer's mean |grad| (``by_layer``)."""
+    values = [r.get("grad_abs_mean_batch_cv") for r in metrics.get("by_layer") or [] if band[0] <= r["layer"] <= band[1]]
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values and len(values) == band[1] - band[0] + 1 else None
+
+
+def layer_bands(n_layers: int, parts: int = 3) -> list[tuple[int, int]]:
+    """Consecutive thirds of the layers (0-9, 10-19, 20-29 for 30): the seed note says 128 tokens bias the
+    deep layers and barely the shallow ones, a claim about where the removed groups differ. None for
+    models of fewer than 3 layers per band (a testbed's 2-4 layers have no shallow and deep to tell apart)."""
+    if n_layers < 3 * parts:
+        return []
+    edges = [round(i * n_layers / parts) for i in range(parts + 1)]
+    return [(edges[i], edges[i + 1] - 1) for i in range(parts)]
+
+
+def in_band(groups: set, band: tuple[int, int] | None) -> set:
+    return groups if band is None else {g for g in groups if band[0] <= g[0] <= band[1]}

@@ -81,15 +81,21 @@ class Sweep:
         self.x_key = (preferred or varying or ["seq_len"])[0]
         # under a token budget num_samples follows seq_len (budget // seq_len): it is no series of its own
         budgeted = any(setting(j, "token_budget") for j in self.ok or self.jobs)
+        jobs = self.ok or self.jobs
+        x_split = len(_partition(jobs, [self.x_key]))
+        # a setting that follows the x value (batch_size = 2048 // seq_len, for equal tokens per batch) splits
+        # nothing further: no series of its own, or every series would hold one x value and nothing to compare
         self.series_keys = [k for k in varying if k != self.x_key
-                            and not (self.x_key == "seq_len" and k == "num_samples" and budgeted)]
+                            and not (self.x_key == "seq_len" and k == "num_samples" and budgeted)
+                            and not (k in ("batch_size", "num_samples") and len(_partition(jobs, [self.x_key, k])) == x_split)]
         self.figures: dict[str, str] = {}
         self.design = read_design(self.dir, self.jobs)  # study.primary and study.reference
 
     def varied(self) -> list[str]:
         """What really varied across the launched jobs, failed ones included (the axes above come from the
         ok jobs only; with one ok job they fall back to seq_len, which need not have varied at all)."""
-        keys = varying_keys(self.jobs)
+        recorded = [j for j in self.jobs if j["metrics"].get("run")]  # a job killed before its record: overrides only
+        keys = varying_keys(recorded or self.jobs)
         return [k for k in keys if not (k == "num_samples" and "token_budget" in keys)]
 
     def series(self) -> dict[tuple, list[dict]]:

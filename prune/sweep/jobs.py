@@ -9,29 +9,52 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def job_file(folder: str | Path, name: str) -> Path | None:
+    """``<folder>/<name>``, or its gzipped copy ``<name>.gz`` (how ``prune-report --archive`` stores the
+    per-job JSON files in the repository); None where neither exists."""
+    for path in (Path(folder) / name, Path(folder) / f"{name}.gz"):
+        if path.exists():
+            return path
+    return None
+
+
+def read_json(path: Path):
+    """A JSON file, plain or gzipped (by its ``.gz`` suffix)."""
+    if path.suffix == ".gz":
+        import gzip
+
+        return json.loads(gzip.decompress(path.read_bytes()).decode())
+    return json.loads(path.read_text())
+
+
 def metrics_files(sweep_dir: str | Path, nested: bool = False) -> list[Path]:
-    """``<job>/metrics.json`` of every job folder in natural order (``2`` before ``10``); with ``nested``,
-    any depth when no folder holds one directly (never a result a rerun set aside in ``<job>/.superseded``)."""
+    """``<job>/metrics.json`` (or ``metrics.json.gz``) of every job folder in natural order (``2`` before
+    ``10``); with ``nested``, any depth when no folder holds one directly (never a result a rerun set aside
+    in ``<job>/.superseded``)."""
     sweep_dir = Path(sweep_dir)
-    files = list(sweep_dir.glob("*/metrics.json"))
+    pattern = ("metrics.json", "metrics.json.gz")
+    files = [f for name in pattern for f in sweep_dir.glob(f"*/{name}")]
     if not files and nested:
-        files = [f for f in sweep_dir.rglob("metrics.json") if ".superseded" not in f.parts[:-1]]  # set-aside results
-    return sorted(files, key=lambda p: _natural(str(p.parent.relative_to(sweep_dir))))
+        files = [f for name in pattern for f in sweep_dir.rglob(name) if ".superseded" not in f.parts[:-1]]
+    by_folder: dict[Path, Path] = {}
+    for f in sorted(files, key=lambda f: f.name.endswith(".gz")):  # a folder holding both: the plain file wins
+        by_folder.setdefault(f.parent, f)
+    return sorted(by_folder.values(), key=lambda p: _natural(str(p.parent.relative_to(sweep_dir))))
 
 
 def read_metrics(folder: str | Path) -> dict | None:
     """One job folder's ``metrics.json``: None where there is none, a failed record where it is unreadable."""
-    path = Path(folder) / "metrics.json"
-    if not path.exists():
+    path = job_file(folder, "metrics.json")
+    if path is None:
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {"status": "failed", "error": "metrics.json is unreadable (job killed while writing?)"}
+        return read_json(path)
+    except (ValueError, EOFError, OSError):
+        return {"status": "failed", "error": f"{path.name} is unreadable (job killed while writing?)"}
 
 
 def has_jobs(sweep_dir: str | Path) -> bool:
-    return any(Path(sweep_dir).glob("*/metrics.json"))
+    return bool(metrics_files(sweep_dir))
 
 
 def load_jobs(sweep_dir: str | Path, latest_launch: bool = True, nested: bool = False) -> tuple[list[dict], list[str]]:
@@ -56,7 +79,8 @@ def load_jobs(sweep_dir: str | Path, latest_launch: bool = True, nested: bool = 
             stale.append(name)
             continue
         metrics = read_metrics(folder)
-        plan = json.loads((folder / "plan.json").read_text()) if (folder / "plan.json").exists() else None
+        plan_path = job_file(folder, "plan.json")
+        plan = read_json(plan_path) if plan_path else None
         jobs.append({"folder": name, "metrics": metrics, "overrides": overrides,
                      "override_values": override_values(overrides), "plan": plan})
     return jobs, stale

@@ -7,6 +7,8 @@ from prune.stats import mean_sd
 from prune.sweep.after import AFTER_METRICS
 from prune.sweep.conditions import KEYS
 
+UNFINISHED = ("running", "interrupted")  # not failures: a rerun of the sweep resumes them
+
 RULES = ("Each line: mean ± sd over seeds per setting; the difference with its 90 % confidence interval (PPL: the "
          "ratio of the two arms, tested on log PPL, so a margin of ±2 % is ±log 1.02 there); the test (paired by seed "
          "where one seed is the same calibration text in both arms: the arms differ in a setting that does not touch the "
@@ -34,12 +36,14 @@ def _study(study: dict, rows: list[dict]) -> list[str]:
 
 
 def markdown(sweep, rows: list[dict], study: dict) -> str:
-    failed = [j for j in sweep.jobs if j["metrics"].get("status") != "ok"]
+    unfinished = [j for j in sweep.jobs if j["metrics"].get("status") in UNFINISHED]
+    failed = [j for j in sweep.jobs if j["metrics"].get("status") not in ("ok", *UNFINISHED)]
     lines = [f"# Sweep report: {sweep.dir.name}", ""]
     if study["failed"]:
         lines += [f"**STUDY FAILED: {study['negative_control']['note']}**", ""]
     varied = sweep.varied()
-    lines.append(f"{len(sweep.jobs)} jobs: {len(sweep.ok)} ok, {len(failed)} failed. Varying: "
+    waiting = f", {len(unfinished)} unfinished (running, or killed: rerunning the sweep resumes them)" if unfinished else ""
+    lines.append(f"{len(sweep.jobs)} jobs: {len(sweep.ok)} ok, {len(failed)} failed{waiting}. Varying: "
                  f"{', '.join(varied) or 'nothing'} (seeds are repeats of one condition).")
     if sweep.stale:
         lines.append(f"Left out: job folder(s) {', '.join(sweep.stale)}, from an earlier launch into this folder "
@@ -68,6 +72,9 @@ def markdown(sweep, rows: list[dict], study: dict) -> str:
         lines += ["## Failed jobs", ""]
         lines += [f"- job {j['folder']} ({' '.join(j['overrides'])}): {j['metrics'].get('error', 'no error recorded')}" for j in failed]
         lines.append("")
+    if unfinished:
+        lines += ["## Unfinished jobs", ""]
+        lines += [f"- job {j['folder']}: status {j['metrics'].get('status')}" for j in unfinished] + [""]
     lines += ["Tables: `summary.csv`, `summary.json` (one row per job).", ""]
     return "\n".join(lines)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prune.sweep import after
 from prune.sweep.conditions import KEYS
-from prune.sweep.jobs import load_jobs, setting
+from prune.sweep.jobs import job_file, load_jobs, setting
 
 
 def summary_rows(jobs: list[dict]) -> list[dict]:
@@ -88,7 +88,7 @@ def time_spent(folder: str | Path) -> dict:
         rows = rows.loc[:, rows.notna().any()]
         by_length[str(None if pd.isna(length) else length)] = {"jobs": len(rows), **rows.fillna(0.0).mean().to_dict()}
     launch = folder / "multirun.yaml"
-    written = max((folder / j["folder"] / "metrics.json").stat().st_mtime for j in jobs)
+    written = max(job_file(folder / j["folder"], "metrics.json").stat().st_mtime for j in jobs)
     return {"folder": str(folder), "jobs": len(jobs), "status": {k: int(n) for k, n in status.value_counts(sort=False).items()},
             "jobs_total_s": float(total.sum()), "launch_wall_s": written - launch.stat().st_mtime if launch.exists() else None,
             "phase_sums_s": phases.sum().to_dict(),
