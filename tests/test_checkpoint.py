@@ -215,3 +215,21 @@ def test_uniform_widths_the_family_config_refuses_save_in_the_pruned_format_and_
     reloaded = load_pruned(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=X).logits, before)
+
+
+def test_reading_results_loads_no_torch_and_transformers_still_finds_the_pruned_types():
+    """`prune-report` / `prune-dashboard` read JSON: importing them must not load torch (seconds of start-up
+    on a login node); `import prune` then transformers still registers the pruned model types."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import prune.sweep.cli, prune.dashboard; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'loaded'; "
+            "from transformers import AutoConfig, AutoModelForCausalLM; "
+            "from transformers.models.auto.configuration_auto import CONFIG_MAPPING; "
+            "print(sorted(k for k in CONFIG_MAPPING._extra_content if k.startswith('pruned_')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "pruned_llama" in out.stdout and "pruned_qwen2" in out.stdout
+    help_out = subprocess.run([sys.executable, "-m", "prune.sweep", "--help"], capture_output=True, text=True, timeout=120)
+    assert help_out.returncode == 0 and "sweep_dir" in help_out.stdout
