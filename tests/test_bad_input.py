@@ -23,12 +23,14 @@ CUDA = pytest.importorskip("torch").cuda.is_available()
 
 SMALL_TEXT = ["data=text", "data.train_files={dir}/train.txt", "data.eval_files={dir}/eval.txt", "seq_len=8", "num_samples=4",
               "batch_size=2", "eval.lengths=[16]"]
-# (id, overrides, what the one line must name); {dir} is a folder of prepared files (see `files`)
+# (id, overrides, what the one line must name: a string, or a tuple of strings it must all contain); {dir} is a
+# folder of prepared files (see `files`). Where Hydra / OmegaConf refuse, only the setting and our own "did you
+# mean" are pinned, not their wording, which changes between their releases.
 TABLE = [
     # Hydra's own refusals, condensed to one line
-    ("typo-key", ["seqlen=128"], "Key 'seqlen' not in 'Config'; did you mean seq_len?"),
+    ("typo-key", ["seqlen=128"], ("seqlen", "did you mean seq_len?")),
     ("typo-option", ["importance=taylor_3rd"], "importance/taylor_3rd"),
-    ("typo-nested-key", ["pruning.rato=0.5"], "Could not override 'pruning.rato': Key 'rato' not in 'Global'; did you mean pruning.ratio?"),
+    ("typo-nested-key", ["pruning.rato=0.5"], ("pruning.rato", "did you mean pruning.ratio?")),
     ("override-syntax", ["seq_len=[1,2"], "cannot parse the override 'seq_len=[1,2'"),
     ("unwritable-output", ["hydra.run.dir=/proc/prune-lab/run"], "cannot write /proc/prune-lab"),
     # keys nothing reads
@@ -39,7 +41,7 @@ TABLE = [
     ("plus-model", ["+model.device_mapp=auto"], "model.device_mapp"),
     # types and ranges of plain settings
     ("seq_len-zero", ["seq_len=0"], "seq_len=0 must be a positive integer"),
-    ("seq_len-text", ["seq_len=abc"], "seq_len=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("seq_len-text", ["seq_len=abc"], "seq_len=abc"),
     ("batch_size-bool", ["batch_size=true"], "batch_size=true"),
     ("num_samples-negative", ["num_samples=-4"], "num_samples=-4"),
     ("token_budget-negative", ["token_budget=-1"], "token_budget=-1"),
@@ -50,7 +52,7 @@ TABLE = [
     ("eval-lengths-scalar", ["eval.lengths=512"], "eval.lengths=512"),
     ("eval-batch_size", ["eval.batch_size=0"], "eval.batch_size=0"),
     ("eval-max_tokens", ["eval.max_tokens=0"], "eval.max_tokens=0"),
-    ("eval-cache_before", ["eval.cache_before=maybe"], "eval.cache_before=maybe: Value 'maybe' is not a valid bool"),
+    ("eval-cache_before", ["eval.cache_before=maybe"], "eval.cache_before=maybe"),
     ("eval-tasks-string", ["eval.tasks=boolq"], "eval.tasks=boolq"),
     ("eval-tasks_limit", ["eval.tasks_limit=0"], "eval.tasks_limit=0"),
     ("eval-tasks_batch_size", ["eval.tasks_batch_size=-1"], "eval.tasks_batch_size=-1"),
@@ -66,11 +68,11 @@ TABLE = [
     ("normalize", ["pruning.normalize=weird"], "pruning.normalize=weird"),
     ("max_layer_fraction", ["pruning.max_layer_fraction=0"], "pruning.max_layer_fraction=0"),
     ("depth-unit", ["pruning=depth", "importance=layer", "pruning.unit=row"], "pruning.unit=row"),
-    ("fisher", ["importance.fisher=wrong"], "importance.fisher=wrong: Invalid value 'wrong', expected one of [sample, exact, batch, token]"),
-    ("granularity", ["importance.granularity=row"], "importance.granularity=row: Invalid value 'row', expected one of [element, vector]"),
+    ("fisher", ["importance.fisher=wrong"], "importance.fisher=wrong"),
+    ("granularity", ["importance.granularity=row"], "importance.granularity=row"),
     ("micro_batch_size", ["importance.micro_batch_size=0"], "importance.micro_batch_size=0"),
     ("order", ["importance.order=3"], "importance.order=3 must be 1 or 2"),
-    ("layer_importance", ["pruning=layer_weighted", "pruning/layer_importance=lyer"], "Could not find 'pruning/layer_importance/lyer'"),
+    ("layer_importance", ["pruning=layer_weighted", "pruning/layer_importance=lyer"], "pruning/layer_importance/lyer"),
     ("layer_importance-value", ["pruning=hybrid", "pruning.layer_importance=angular"],
      "pruning.layer_importance is a config group: choose its option with pruning/layer_importance=<option>"),
     ("layer_importance-setting", ["pruning=hybrid", "pruning.layer_importance.prefix_cache=sometimes"], "pruning.layer_importance.prefix_cache=sometimes"),
@@ -138,12 +140,12 @@ TABLE = [
     ("text_split-fraction", ["data=text_split", "data.file={dir}/train.txt", "data.test_fraction=1.5"], "data.test_fraction=1.5"),
     # logger
     ("wandb-mode", ["logger=wandb", "logger.mode=onlin"], "logger.mode=onlin"),
-    ("logger-typo", ["logger=wandb", "logger.projet=x"], "Key 'projet' not in 'WandbLogger'; did you mean logger.project?"),
+    ("logger-typo", ["logger=wandb", "logger.projet=x"], ("logger.projet", "did you mean logger.project?")),
     ("logger-plus", ["logger=none", "+logger.project=x"], "logger.project is not a setting of logger"),
     ("logger-timeout", ["logger=wandb", "logger.init_timeout=0"], "logger.init_timeout=0.0 must be a positive number"),
     ("logger-tags", ["logger=wandb", "logger.tags=mine"], "logger.tags=mine"),
     # data sets (their schemas)
-    ("data-typo", ["data=wikitext2", "data.subst=x"], "Key 'subst' not in 'HubData'; did you mean data.subset?"),
+    ("data-typo", ["data=wikitext2", "data.subst=x"], ("data.subst", "did you mean data.subset?")),
     ("data-plus", ["+data.shufle=true"], "data.shufle is not a setting of data=testbed"),
     ("data-shuffle-word", ["data=c4", "data.shuffle_documents=often"], "data.shuffle_documents=often"),
     ("data-max_documents", ["data=c4", "data.max_documents.train=many"], "data.max_documents.train=many"),
@@ -151,11 +153,11 @@ TABLE = [
     # recovery (its schema, then prune.recovery's cross-checks: all before the model loads)
     ("recovery-steps", ["recovery=lora", "recovery.steps=0"], "recovery.steps=0 must be a positive integer"),
     ("recovery-lr", ["recovery=full", "recovery.lr=-1"], "recovery.lr=-1.0 must be a positive number"),
-    ("recovery-schedule", ["recovery=lora", "recovery.schedule=cosin"], "recovery.schedule=cosin: Invalid value 'cosin'"),
-    ("recovery-target", ["recovery=lora", "recovery.target_modules=[q_proj,qkv]"], "Invalid value 'qkv'"),
+    ("recovery-schedule", ["recovery=lora", "recovery.schedule=cosin"], "recovery.schedule=cosin"),
+    ("recovery-target", ["recovery=lora", "recovery.target_modules=[q_proj,qkv]"], ("recovery.target_modules", "qkv")),
     ("recovery-dropout", ["recovery=lora", "recovery.dropout=1"], "recovery.dropout=1.0 must be a number in [0, 1)"),
-    ("recovery-typo", ["recovery=lora", "recovery.rnk=4"], "Key 'rnk' not in 'LoraRecovery'; did you mean recovery.rank?"),
-    ("recovery-none-setting", ["recovery.steps=10"], "Key 'steps' not in 'Recovery'"),
+    ("recovery-typo", ["recovery=lora", "recovery.rnk=4"], ("recovery.rnk", "did you mean recovery.rank?")),
+    ("recovery-none-setting", ["recovery.steps=10"], "recovery.steps"),
     ("recovery-warmup", ["recovery=lora", "recovery.warmup_steps=500"], "recovery.warmup_steps=500 must be an integer in [0, steps=200)"),
     ("recovery-seq_len", ["recovery=full", "recovery.seq_len=4096"], "recovery.seq_len=4096 exceeds the model's max_position_embeddings (1024)"),
     ("recovery-text", ["recovery=full", "recovery.seq_len=200", *SMALL_TEXT], "tokens, too few for recovery.seq_len=200"),
@@ -202,6 +204,10 @@ def no_model(monkeypatch):
     monkeypatch.setattr(prune.models.TestbedModel, "model_path", trap)
 
 
+def _parts(names: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (names,) if isinstance(names, str) else names
+
+
 def run_main(argv: list[str], run_dir) -> tuple[int, str]:
     """``prune-run argv`` in-process: the exit status and everything written to stderr."""
     from prune.run import main
@@ -221,7 +227,8 @@ def test_bad_input_is_refused_in_one_line_before_any_work(row_id, overrides, nam
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, err[-3000:]
     assert len(lines) == 1, err[-3000:]
-    assert names.replace("{dir}", str(files)) in lines[0]
+    for name in _parts(names):
+        assert name.replace("{dir}", str(files)) in lines[0], lines[0]
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()  # no run folder left behind: nothing computed, nothing to resume
 
@@ -231,16 +238,16 @@ def test_the_table_holds_at_least_40_kinds_of_bad_input():
 
 
 @pytest.mark.parametrize("overrides,names", [
-    (["seqlen=128"], "prune-run: error: Could not override 'seqlen': Key 'seqlen' not in 'Config'; did you mean seq_len?"),
-    (["seq_len=abc"], "prune-run: error: Error merging override seq_len=abc: Value 'abc' of type 'str' could not be converted to Integer"),
-    (["importance.fisher=wrong"], "prune-run: error: Error merging override importance.fisher=wrong: Invalid value 'wrong', expected one of"),
+    (["seqlen=128"], ("prune-run: error: ", "seqlen", "did you mean seq_len?")),
+    (["seq_len=abc"], ("prune-run: error: ", "seq_len=abc")),
+    (["importance.fisher=wrong"], ("prune-run: error: ", "importance.fisher=wrong")),
     (["model.device=nonsense"], "model.device=nonsense"),
 ], ids=["unknown-key", "wrong-type", "not-a-choice", "device"])
 def test_the_console_command_refuses_in_one_line(overrides, names, tmp_path):
     out = subprocess.run([sys.executable, "-m", "prune.run", *BASE, *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 2, out.stderr[-3000:]
-    assert len(out.stderr.strip().splitlines()) == 1 and names in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and all(name in out.stderr for name in _parts(names))
     assert not (tmp_path / "run").exists()
 
 

@@ -10,6 +10,9 @@ import torch
 
 from conftest import REPO
 
+# every test runs prune-run in a subprocess that does real work (a multirun, a job on stories260k)
+pytestmark = pytest.mark.slow
+
 FAST = ["testbed=tiny", "num_samples=8", "batch_size=2", "eval.lengths=[64,256]", "progress=false", "logger=none"]
 
 

@@ -44,6 +44,7 @@ def _config_has(config: dict, dotted: str) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_dashboard_panels_read_only_logged_keys(sweep):
     out = subprocess.run([sys.executable, "-m", "prune.dashboard", str(sweep)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -65,6 +66,7 @@ def test_dashboard_panels_read_only_logged_keys(sweep):
     assert "error" not in data["wandb_view"] and "by_layer/grad_abs_mean" in view and "ppl_recovered/128" in view
 
 
+@pytest.mark.slow
 def test_the_report_puts_one_shot_and_recovered_side_by_side_and_plots_the_probe(sweep):
     report = (sweep / "report.md").read_text()
     assert "## After pruning: recovery and the long-context probe" in report and "one-shot / recovered" in report
@@ -78,6 +80,7 @@ def test_console_script_is_registered():
     assert "prune-dashboard = prune.dashboard:main" in (REPO / "setup.cfg").read_text()
 
 
+@pytest.mark.slow
 def test_the_sweep_carries_the_recovery_control_and_the_probe_items(sweep):
     jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
     assert len(jobs) == 2

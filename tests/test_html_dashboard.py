@@ -70,6 +70,7 @@ def wandb_layers(sweep) -> dict[tuple, dict[str, list]]:
     return out
 
 
+@pytest.mark.slow
 def test_the_sweep_writes_a_self_contained_page(sweep):
     page = (sweep / "dashboard.html").read_text()
     assert "<script src=" not in page and "<link" not in page  # plotly.js inline, nothing fetched
@@ -77,6 +78,7 @@ def test_the_sweep_writes_a_self_contained_page(sweep):
     assert "Verdicts" in page and "PPL after pruning, eval window 128" in page
 
 
+@pytest.mark.slow
 def test_the_page_shows_the_seed_mean_and_spread_of_what_wandb_logged(sweep):
     views = shown((sweep / "dashboard.html").read_text())
     assert sorted(views) == ["ratio=0.2", "ratio=0.3"]
@@ -99,6 +101,7 @@ def test_the_page_shows_the_seed_mean_and_spread_of_what_wandb_logged(sweep):
     assert compared == 2 * 2 * len(fields)  # every panel, both ratios, both seq_lens
 
 
+@pytest.mark.slow
 def test_chromium_draws_every_panel_without_console_messages(sweep, tmp_path):
     page = sweep / "dashboard.html"
     dom, console = render(page, tmp_path)
@@ -123,6 +126,7 @@ def test_the_console_check_sees_a_script_error(tmp_path):
     assert any("undefinedFunction" in line for line in console)
 
 
+@pytest.mark.slow
 def test_prune_dashboard_writes_the_page_for_any_sweep_folder(sweep, tmp_path):
     sweep = Path(shutil.copytree(sweep, tmp_path / "copy", ignore=shutil.ignore_patterns("wandb", "dashboard.*")))
     out = subprocess.run([sys.executable, "-m", "prune.dashboard", str(sweep), "--plotlyjs", "plotly.min.js"],

@@ -49,8 +49,8 @@ def test_an_unknown_probe_format_is_refused_by_the_schema():
 
     with pytest.raises(ConfigCompositionException) as err:
         compose_config("eval.probe.format=morse")
-    assert "eval.probe.format=morse" in str(err.value)
-    assert "Invalid value 'morse', expected one of [auto, passkey, testbed]" in str(err.value.__cause__)
+    said = f"{err.value} {err.value.__cause__}"  # the setting and its choices, not OmegaConf's wording
+    assert "eval.probe.format" in said and "morse" in said and all(c in said for c in ("auto", "passkey", "testbed"))
 
 
 def test_testbed_items_hide_one_fact_at_the_chosen_depth(tmp_path):

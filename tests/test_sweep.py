@@ -27,6 +27,7 @@ def sweep(tiny_testbed, tmp_path_factory):
     return tmp / "study", out
 
 
+@pytest.mark.slow
 def test_experiment_runs_every_job_and_writes_the_report(sweep):
     folder, _ = sweep
     jobs = [json.loads(p.read_text())["run"] for p in folder.glob("*/metrics.json")]
@@ -54,6 +55,7 @@ def test_experiment_runs_every_job_and_writes_the_report(sweep):
     assert all("90 % CI" in v or "no seed" in v or "identical" in v or "every seed gives" in v or "Jaccard" in v for v in verdicts["verdicts"])
 
 
+@pytest.mark.slow
 def test_jobs_share_one_wandb_group_and_the_report_is_a_run(sweep):
     folder, _ = sweep
     runs = list(folder.glob("*/wandb/offline-run-*"))
@@ -68,6 +70,7 @@ def test_jobs_share_one_wandb_group_and_the_report_is_a_run(sweep):
     assert all(s["sweep/eta_s"] >= 0 for s in summaries if s["sweep/done"] < 8)
 
 
+@pytest.mark.slow
 def test_rerunning_the_sweep_skips_finished_jobs_and_redoes_missing_ones(sweep, tmp_path):
     folder, _ = sweep
     redo = next(
@@ -85,6 +88,7 @@ def test_rerunning_the_sweep_skips_finished_jobs_and_redoes_missing_ones(sweep, 
     assert json.loads((redo / "metrics.json").read_text())["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_recorded_and_the_report_still_comes_out(tiny_testbed, tmp_path):
     # tiny testbed: max positions 1024, so seq_len=2048 fails its checks; the other job runs
     out = prune_run("-m", "seq_len=128,2048", *SMALL, "logger=none", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
@@ -96,6 +100,7 @@ def test_a_failing_job_is_recorded_and_the_report_still_comes_out(tiny_testbed, 
     assert "## Failed jobs" in (tmp_path / "s" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_prune_report_rebuilds_a_report_on_demand(sweep, tmp_path):
     folder, _ = sweep
     (folder / "report.md").unlink()
@@ -106,6 +111,7 @@ def test_prune_report_rebuilds_a_report_on_demand(sweep, tmp_path):
     assert bad.returncode != 0 and "no */metrics.json" in bad.stderr
 
 
+@pytest.mark.slow
 def test_an_archived_sweep_rebuilds_the_same_verdicts_from_its_compact_files(sweep, tmp_path):
     folder, _ = sweep
     dest = tmp_path / "results" / "study"
@@ -194,6 +200,7 @@ def test_every_experiment_and_each_of_its_sweep_points_composes(name):
         assert all("_target_" in node for node in instantiate_all)
 
 
+@pytest.mark.slow
 def test_depth_experiment_report_has_layer_curves_and_task_accuracy(tiny_testbed, tmp_path):
     out = prune_run("experiment=depth_seq_len", "testbed=tiny", "batch_size=2", "num_samples=4", "eval.lengths=[128]",
                     "eval.tasks_limit=4", "progress=false", "seq_len=128", "lengths.layer=64,128", "seed=0", "pruning=layer_weighted",
@@ -232,6 +239,7 @@ def test_any_swept_key_separates_conditions_but_seeds_and_renames_do_not():
     assert len(conditions) == 8 and (512, None, "token") in conditions
 
 
+@pytest.mark.slow
 def test_a_smaller_relaunch_into_the_same_folder_reports_only_its_own_jobs(sweep, tmp_path):
     import shutil
 
@@ -264,6 +272,7 @@ def test_seeds_are_paired_only_where_one_seed_means_the_same_text():
     assert not pairs_by_seed(jobs(block=None, budget=None), "lengths.layer")
 
 
+@pytest.mark.slow
 def test_the_report_of_a_copied_sweep_does_not_depend_on_file_times(sweep, tmp_path):
     """Committed studies are rebuilt from a fresh clone, where every file has the checkout's time."""
     import os

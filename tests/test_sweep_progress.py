@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from omegaconf import OmegaConf
 
 from prune.sweep.progress import clock, progress, progress_line, wandb_values
@@ -57,6 +58,7 @@ def test_a_running_job_is_not_done_and_the_wandb_values_say_the_same(tmp_path):
     assert wandb_values(sweep, now=START + 60, finished="64-1")["sweep/done"] == 2
 
 
+@pytest.mark.slow
 def test_a_multirun_prints_one_progress_line_per_job(tiny_testbed, tmp_path):
     out = subprocess.run([sys.executable, "-m", "prune.run", "-m", "seq_len=64,128", "testbed=tiny", "num_samples=4", "batch_size=2",
                           "eval.lengths=[64]", "logger=none", "progress=false", "save_model=false",

@@ -79,7 +79,7 @@ def test_unknown_testbed_settings_are_refused_by_the_schema():
 
     with pytest.raises(ConfigCompositionException) as info:
         compose_config("testbed.model.hidden=3")
-    assert "Key 'hidden' not in 'TestbedModelSpecSchema'" in str(info.value.__cause__)
+    assert "testbed.model.hidden" in f"{info.value} {info.value.__cause__}"  # the key, not Hydra's wording
     with pytest.raises(ConfigError) as info:
         check_added_keys(compose_config("+testbed.model.hidden=3"))
     assert str(info.value) == "testbed.model.hidden is not a setting of testbed; did you mean testbed.model.hidden_size?"
