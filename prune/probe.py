@@ -194,13 +194,13 @@ def ensure_probe_dir(cache_dir, stream, tokenizer, pcfg, max_positions, kind: st
     from omegaconf import OmegaConf
 
     from prune.cache import tensor_digest
-    from prune.testbed.build import _digest
+    from prune.testbed.build import json_digest
 
     import torch
 
     settings = OmegaConf.to_container(pcfg, resolve=True) if not isinstance(pcfg, dict) else pcfg
     vocab = sorted(tokenizer.get_vocab().items())
-    key = _digest([VERSION, settings, max_positions, kind, tensor_digest(torch.as_tensor(stream)), _digest(vocab)])
+    key = json_digest([VERSION, settings, max_positions, kind, tensor_digest(torch.as_tensor(stream)), json_digest(vocab)])
     target = Path(os.path.expanduser(str(cache_dir))) / "probe" / f"tasks-{key}"
     if (target / "DONE").exists():
         return target.resolve()

@@ -19,7 +19,7 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-class _RssSampler(threading.Thread):
+class RssSampler(threading.Thread):
     def __init__(self, interval: float = 0.02):
         super().__init__(daemon=True)
         self.interval = interval
@@ -60,7 +60,7 @@ class PhaseRecorder:
             from prune.memory import release_freed_memory
 
             release_freed_memory()  # what earlier phases freed does not count against this one
-            sampler = _RssSampler()
+            sampler = RssSampler()
             sampler.start()
         start = time.perf_counter()
         self._open.append(name)

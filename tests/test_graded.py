@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from prune.testbed.build import TestbedSpec, _digest, model_config, model_dir, BUILD_VERSION
+from prune.testbed.build import TestbedSpec, json_digest, model_config, model_dir, BUILD_VERSION
 from prune.testbed.corpus import BOS_ID, generate_documents
 from prune.testbed.graded import group_masks, mechanism_loss, scramble_values
 
@@ -33,7 +33,7 @@ def test_the_wired_control_keeps_its_cache_folder_and_strengths_get_their_own():
     control = spec_of("testbed=control")
     identity = dataclasses.asdict(control)  # named exactly as before `wired` existed
     identity["training"].pop("wired")
-    assert model_dir(control, "/c").name == f"model-{_digest([BUILD_VERSION, identity])}"
+    assert model_dir(control, "/c").name == f"model-{json_digest([BUILD_VERSION, identity])}"
     names = {model_dir(spec_of("testbed=graded", f"testbed.corpus.num_attributes={n}"), "/c").name for n in (7, 13, 32)}
     assert len(names) == 3 and model_dir(control, "/c").name not in names
 

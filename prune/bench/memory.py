@@ -36,7 +36,7 @@ def _reset_peak_rss() -> bool:
 
 def _memory_child(spec: dict) -> dict:
     """Runs in a fresh spawned process: build the model, run one pass, report the peak RSS."""
-    from prune.profiling import _RssSampler, rss_bytes
+    from prune.profiling import RssSampler, rss_bytes
 
     torch.set_num_threads(spec["threads"])
     shape = Shape(**spec["shape"])
@@ -48,7 +48,7 @@ def _memory_child(spec: dict) -> dict:
     gc.collect()
     start = rss_bytes()
     exact = _reset_peak_rss()
-    sampler = None if exact else _RssSampler(interval=0.005)
+    sampler = None if exact else RssSampler(interval=0.005)
     if sampler is not None:
         sampler.start()
     result = run_pass(spec["kind"], model, windows, spec["batch_size"])

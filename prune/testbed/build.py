@@ -87,7 +87,8 @@ class TestbedSpec:
         return cls(**{f.name: f.default_factory(**(cfg.get(f.name) or {})) for f in fields(cls)})  # type: ignore[misc]
 
 
-def _digest(obj) -> str:
+def json_digest(obj) -> str:
+    """A short SHA-256 of a JSON-able value (sorted keys): the name of a cache folder built from it."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -98,7 +99,7 @@ def _testbed_root(cache_dir: str | os.PathLike) -> Path:
 
 
 def data_dir(spec: CorpusSpec, cache_dir: str | os.PathLike) -> Path:
-    return _testbed_root(cache_dir) / f"data-{_digest([BUILD_VERSION, asdict(spec)])}"
+    return _testbed_root(cache_dir) / f"data-{json_digest([BUILD_VERSION, asdict(spec)])}"
 
 
 CONTROL_FIELDS = ("dedicated_layer", "dedicated_group", "wired")
@@ -115,7 +116,7 @@ def model_dir(spec: TestbedSpec, cache_dir: str | os.PathLike) -> Path:
         from prune.testbed.graded import GRADED_VERSION
 
         identity["graded_version"] = GRADED_VERSION
-    return _testbed_root(cache_dir) / f"model-{_digest([BUILD_VERSION, identity])}"
+    return _testbed_root(cache_dir) / f"model-{json_digest([BUILD_VERSION, identity])}"
 
 
 def _locked_build(target: Path, build) -> Path:

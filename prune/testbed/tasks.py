@@ -210,9 +210,9 @@ def write_task_dir(spec: CorpusSpec, out_dir: str | os.PathLike, n_items: int = 
 
 
 def task_dir(spec: CorpusSpec, cache_dir: str | os.PathLike, n_items: int = 200) -> Path:
-    from prune.testbed.build import BUILD_VERSION, _digest
+    from prune.testbed.build import BUILD_VERSION, json_digest
 
-    key = _digest([BUILD_VERSION, TASKS_VERSION, n_items, asdict(spec)])
+    key = json_digest([BUILD_VERSION, TASKS_VERSION, n_items, asdict(spec)])
     return Path(cache_dir).expanduser() / "testbed" / f"tasks-{key}"
 
 
