@@ -254,8 +254,6 @@ def recovery_phase(cfg, model, plan: RecoveryPlan, evaluate, downstream, recorde
     metrics["nll_recovered"] = {str(k): v["nll"] for k, v in recovered.items()}
     flat = {f"ppl_recovered/{k}": v for k, v in metrics["ppl_recovered"].items()}
     if control is not None:
-        from prune.recovery_control import record_gap
-
         flat.update(record_gap(metrics, control))
     if downstream is not None:
         with recorder.phase("tasks_recovered"):
@@ -272,3 +270,14 @@ def recovery_phase(cfg, model, plan: RecoveryPlan, evaluate, downstream, recorde
     log.info("recovery (%s, %d steps, %s tokens seen of %s): train loss %.4f -> %.4f; PPL %s", info["method"], info["steps"],
              f"{info['train_tokens']:,}", f"{plan.stream_tokens:,}", info["loss_first"], info["loss_last"], metrics["ppl_recovered"])
     return model
+
+
+def record_gap(metrics: dict, control: dict) -> dict:
+    """Put the control (``prune.recovery_control``: the dense model recovered the same way) and the gap into ``metrics``; returns the flat W&B summary entries."""
+    dense = control["ppl"]
+    metrics["ppl_dense_recovered"] = dict(dense)
+    metrics["recovery_gap"] = {L: metrics["ppl_recovered"][L] / dense[L] - 1 for L in metrics["ppl_recovered"] if L in dense}
+    metrics["recovery_control"] = {k: v for k, v in control.items() if k not in ("ppl", "nll")}
+    flat = {f"ppl_dense_recovered/{L}": v for L, v in dense.items()}
+    flat.update({f"recovery_gap/{L}": v for L, v in metrics["recovery_gap"].items()})
+    return flat

@@ -58,14 +58,3 @@ def dense_control(cfg, dense, model_id: str, plan: RecoveryPlan, data, evaluate)
     log.info("recovery control (dense model, %s, seed %d, %d steps)%s: PPL %s", value["method"], value["seed"],
              value["steps"], " from the cache" if hit else "", value["ppl"])
     return {**value, "cached": hit}
-
-
-def record_gap(metrics: dict, control: dict) -> dict:
-    """Put the control and the gap into ``metrics``; returns the flat W&B summary entries."""
-    dense = control["ppl"]
-    metrics["ppl_dense_recovered"] = dict(dense)
-    metrics["recovery_gap"] = {L: metrics["ppl_recovered"][L] / dense[L] - 1 for L in metrics["ppl_recovered"] if L in dense}
-    metrics["recovery_control"] = {k: v for k, v in control.items() if k not in ("ppl", "nll")}
-    flat = {f"ppl_dense_recovered/{L}": v for L, v in dense.items()}
-    flat.update({f"recovery_gap/{L}": v for L, v in metrics["recovery_gap"].items()})
-    return flat

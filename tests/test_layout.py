@@ -13,7 +13,6 @@ ROOT = REPO / "prune"
 KNOWN_LAZY_CYCLES = [
     {"prune.models", "prune.schema", "prune.schema_groups", "prune.testbed.build", "prune.testbed.graded",
      "prune.testbed.shipped", "prune.testbed.train"},
-    {"prune.recovery", "prune.recovery_control"},
 ]
 
 
@@ -69,6 +68,6 @@ def test_no_private_name_is_imported_from_another_package():
 
 
 def test_the_checks_above_see_a_cycle_and_a_private_import():
-    """The walker is not blind: the known recovery cycle is found, and so would a private import be."""
-    assert {"prune.recovery", "prune.recovery_control"} in _cycles(top_level_only=False)
+    """The walker is not blind: the known testbed cycle is found, and so would a private import be."""
+    assert any("prune.testbed.train" in c for c in _cycles(top_level_only=False))
     assert ("prune.profiling", "RssSampler") in _imports(False)["prune.bench.memory"]

@@ -10,7 +10,8 @@ from conftest import compose_config, tiny_model
 from prune.cache import fingerprint
 from prune.errors import PruneLabError
 from prune.recovery import check_recovery, recover
-from prune.recovery_control import control_key, dense_control, record_gap
+from prune.recovery import record_gap
+from prune.recovery_control import control_key, dense_control
 from prune.recovery_data import PASSAGE, RecoveryError, plan_steps, recovery_plan, recovery_seed, shared_passages
 
 pytest.importorskip("peft")
