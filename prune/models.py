@@ -176,7 +176,7 @@ class TestbedModel(HFModel):
     progress: bool = True
 
     def spec(self):
-        from prune.testbed.build import TestbedSpec
+        from prune.testbed.spec import TestbedSpec
 
         return TestbedSpec.from_dict(self.testbed)
 
@@ -186,7 +186,7 @@ class TestbedModel(HFModel):
         return str(ensure_model(self.spec(), os.path.expanduser(self.cache_dir), progress=self.progress))
 
     def config(self):
-        from prune.testbed.build import model_config
+        from prune.testbed.spec import model_config
 
         return model_config(self.spec())
 

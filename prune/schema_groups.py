@@ -167,7 +167,7 @@ class WandbLogger(Logger):
 
 
 def GROUP_SCHEMAS() -> dict[str, dict[str, type]]:  # noqa: N802 - a table, built on demand (the testbed import)
-    from prune.testbed.build import TestbedSpec
+    from prune.testbed.spec import TestbedSpec
 
     return {
         "model": {"hf": HFModel, "packaged": PackagedModel, "testbed": TestbedModel},

@@ -119,7 +119,7 @@ def _shipped_digests() -> tuple[str, dict]:
 
     name = model_dir(_default_spec(), "unused").name
     folder = shipped_folder(name)
-    assert folder is not None, f"no shipped weights for the default testbed ({name}): run python -m prune.testbed.shipped"
+    assert folder is not None, f"no shipped weights for the default testbed ({name}): run python -m prune.testbed.reship"
     return name, json.loads((folder / DIGESTS).read_text())
 
 

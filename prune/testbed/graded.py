@@ -91,8 +91,8 @@ def train_graded(spec, train_stream: torch.Tensor, progress: bool = True):
     from tqdm.auto import tqdm
     from transformers import LlamaForCausalLM
 
-    from prune.testbed.build import model_config
-    from prune.testbed.train import _random_windows, recall_accuracy
+    from prune.testbed.recall import random_windows, recall_accuracy
+    from prune.testbed.spec import model_config
 
     t, c = spec.training, spec.corpus
     torch.manual_seed(t.seed)
@@ -114,7 +114,7 @@ def train_graded(spec, train_stream: torch.Tensor, progress: bool = True):
     total, step, loss = t.doc_steps + t.long_steps, 0, float("nan")
     for name, window, n_steps in (("base", t.doc_window, t.doc_steps), ("base_long", t.long_window, t.long_steps)):
         for _ in range(n_steps):
-            batch = scramble_values(_random_windows(rng, train_stream, t.doc_batch, window), c, generator)
+            batch = scramble_values(random_windows(rng, train_stream, t.doc_batch, window), c, generator)
             for group in opt.param_groups:
                 group["lr"] = _lr(t.lr, step, total)
             out = model(input_ids=batch, labels=batch).loss
@@ -177,9 +177,9 @@ def train_graded(spec, train_stream: torch.Tensor, progress: bool = True):
     short_rows = t.doc_batch * t.doc_window // t.warmup_window
     for i in range(t.doc_steps):
         if i % 2:  # every other step the same number of tokens in short windows: nothing to copy there
-            batch = _random_windows(rng, train_stream, short_rows, t.warmup_window)
+            batch = random_windows(rng, train_stream, short_rows, t.warmup_window)
         else:
-            batch = _random_windows(rng, train_stream, t.doc_batch, t.doc_window)
+            batch = random_windows(rng, train_stream, t.doc_batch, t.doc_window)
             if t.dense_rows:
                 batch[: t.dense_rows] = dense[rng.integers(0, len(dense), t.dense_rows), : t.doc_window]
         loss = step_on(batch, step, total)

@@ -9,7 +9,7 @@ spec again gives the same bytes (``tests/test_testbed.py``, slow).
 
 Refresh after a change to the build (as the maintainer)::
 
-    python -m prune.testbed.shipped     # trains the default testbed in a temporary cache, ships it
+    python -m prune.testbed.reship      # trains the default testbed in a temporary cache, ships it
 """
 from __future__ import annotations
 
@@ -60,25 +60,3 @@ def ship(model_folder: Path, root: Path | None = None) -> Path:
         shutil.copy2(model_folder / f, out / f)
     (out / DIGESTS).write_text(json.dumps({f: sha256(out / f) for f in FILES}, indent=2) + "\n")
     return out
-
-
-def main() -> None:
-    import tempfile
-
-    from omegaconf import OmegaConf
-
-    from prune.schema import compose
-    from prune.testbed.build import TestbedSpec, ensure_model
-
-    logging.basicConfig(level=logging.INFO)
-    spec = TestbedSpec.from_dict(OmegaConf.to_container(compose().testbed, resolve=True))
-    with tempfile.TemporaryDirectory() as cache:
-        folder = ensure_model(spec, cache, use_shipped=False)
-        for old in WEIGHTS.glob("model-*"):
-            if old.name != folder.name:
-                shutil.rmtree(old)
-        print(f"shipped: {ship(folder)}")
-
-
-if __name__ == "__main__":
-    main()

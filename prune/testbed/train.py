@@ -16,27 +16,9 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from prune.testbed.build import TestbedSpec, model_config
-from prune.testbed.corpus import BOS_ID, CorpusSpec, dependency_distances, generate_documents
-
-
-def recall_accuracy(model, windows: torch.Tensor, spec: CorpusSpec, min_gap: int = 0) -> tuple[float, int]:
-    """Accuracy of greedy predictions on value tokens whose source lies inside the window (gap > min_gap)."""
-    with torch.no_grad():
-        pred = model(input_ids=windows).logits.argmax(-1)
-    hits = total = 0
-    for row, p in zip(windows, pred):
-        dist = dependency_distances(row.numpy(), spec)
-        pos = np.flatnonzero((dist > min_gap) & (np.arange(len(row)) - dist >= 0))
-        pos = pos[pos > 0]
-        hits += int((p[pos - 1] == row[pos]).sum())
-        total += len(pos)
-    return hits / max(total, 1), total
-
-
-def _random_windows(rng: np.random.Generator, stream: torch.Tensor, n: int, length: int) -> torch.Tensor:
-    starts = rng.integers(0, len(stream) - length, n)
-    return torch.stack([stream[s : s + length] for s in starts])
+from prune.testbed.corpus import BOS_ID, CorpusSpec, generate_documents
+from prune.testbed.recall import random_windows, recall_accuracy  # noqa: F401  (recall_accuracy: re-exported)
+from prune.testbed.spec import TestbedSpec, model_config
 
 
 def train_model(spec: TestbedSpec, train_stream: torch.Tensor, progress: bool = True):
@@ -121,7 +103,7 @@ def train_model(spec: TestbedSpec, train_stream: torch.Tensor, progress: bool = 
         ("long", t.long_window, t.long_batch, t.long_steps, 0),
     ):
         for _ in range(n_steps):
-            batch = _random_windows(rng, train_stream, batch_size, window)
+            batch = random_windows(rng, train_stream, batch_size, window)
             if n_dense:
                 rows = rng.integers(0, len(dense), n_dense)
                 batch[:n_dense] = dense[rows, :window]
