@@ -33,7 +33,8 @@ def archive(sweep_dir: Path, dest: Path) -> int:
 
     ``metrics.json`` and ``plan.json`` are stored gzipped (``.gz``, compact JSON: about 20x smaller than
     the indented originals, so a 160-job real-model study stays a few MB); every reader of a job folder
-    (``prune.sweep.jobs``) takes either form, and a copy rewritten here is never older than its source."""
+    (``prune.sweep.jobs``) takes either form. The group scores (``importance.pt``) come along as
+    ``scores.json.gz``."""
     import gzip
 
     from prune.sweep.jobs import job_file, metrics_files, read_json
@@ -58,8 +59,30 @@ def archive(sweep_dir: Path, dest: Path) -> int:
             else:
                 (dest / job.name / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, dest / job.name / name)
+        if (job / "importance.pt").exists():  # the group scores, so any claim about them can be rechecked
+            scores = group_scores(job / "importance.pt")
+            (dest / job.name / "scores.json.gz").write_bytes(gzip.compress(json.dumps(scores, separators=(",", ":")).encode(), mtime=0))
         n += 1
     return n
+
+
+def group_scores(path: Path) -> dict:
+    """A job's ``importance.pt`` as plain JSON: every group's score (``scores``: attention / mlp, one list per
+    layer) and the layer scores where the criterion has them, to 7 significant digits (fp32's own)."""
+    import torch
+
+    data = torch.load(path, map_location="cpu", weights_only=False)
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if torch.is_tensor(value):
+            return plain(value.tolist())
+        return float(f"{value:.7g}") if isinstance(value, float) else value
+
+    return {"scores": plain(data.get("scores")), "layer_scores": plain(data.get("layer_scores"))}
 
 
 def study_block(folder: Path) -> list[str]:

@@ -132,6 +132,17 @@ def test_an_archived_sweep_rebuilds_the_same_verdicts_from_its_compact_files(swe
     live, archived_jobs = load_jobs(folder)[0], load_jobs(dest)[0]
     assert [j["metrics"] for j in archived_jobs] == [j["metrics"] for j in live]
     assert [j["plan"] for j in archived_jobs] == [j["plan"] for j in live]
+    import gzip
+
+    import numpy as np
+    import torch
+
+    assert list(folder.glob("*/importance.pt"))
+    for job in folder.glob("*/importance.pt"):  # the group scores come along, to fp32's precision
+        kept = json.loads(gzip.decompress((dest / job.parent.name / "scores.json.gz").read_bytes()))["scores"]
+        original = torch.load(job, weights_only=False)["scores"]
+        for block in ("attention", "mlp"):
+            np.testing.assert_allclose(np.array(kept[block]), np.array(original[block], dtype=np.float64), rtol=1e-6, atol=0)
     # committed studies share one plotly.js beside them instead of embedding 4 MB each
     page = (dest / "dashboard.html").read_text()
     assert '<script charset="utf-8" src="../plotly.min.js"></script>' in page and len(page) < 1_000_000
