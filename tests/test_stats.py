@@ -282,3 +282,20 @@ def test_gradient_cv_is_judged_per_band_only_at_equal_tokens_per_batch(tmp_path)
             write("unequal", n, 4, seed, cv)
             (tmp_path / "unequal" / "unequal").rename(tmp_path / "unequal" / f"s{seed}-{n}")
     assert not [r for r in verdicts(Sweep(tmp_path / "unequal")) if r["kind"] == "grad_cv"]
+
+
+def test_the_overlap_test_compares_each_pair_of_sets_once_whatever_the_number_of_relabellings(monkeypatch):
+    """10 paired seeds: 2^10 relabellings of the same 20 sets need at most C(20, 2) Jaccards (plus the
+    observed statistic's), not 190 x 1024 (minutes with thousands of MLP channels per set)."""
+    import prune.stats.overlap as overlap
+
+    rng = random.Random(3)
+    arm_a = {s: set(rng.sample(range(500), 100)) for s in range(10)}
+    arm_b = {s: set(rng.sample(range(500), 100)) for s in range(10)}
+    expected = overlap_test(arm_a, arm_b)
+    calls = []
+    real = overlap.jaccard
+    monkeypatch.setattr(overlap, "jaccard", lambda x, y: calls.append(1) or real(x, y))
+    result = overlap_test(arm_a, arm_b)
+    assert result == expected and result["permutations"] == 1024
+    assert 0 < len(calls) <= 190  # every relabelling's pairs, each computed once
