@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
 JOB_FILES = ("metrics.json", "plan.json", ".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml")
 # the studies the findings page reports, in order, with the verdict kinds it quotes
-STUDIES = ("control_seq_len", "graded_control", "seq_len_128_vs_512", "stories260k_128_vs_512", "fisher_scale", "fisher_scale_stories260k",
+STUDIES = ("smollm2_128_vs_512", "smollm2_grad_cv", "control_seq_len", "graded_control", "seq_len_128_vs_512", "stories260k_128_vs_512", "fisher_scale", "fisher_scale_stories260k",
            "importance_methods", "depth_seq_len", "recovery_128_vs_512")
 QUOTED = ("ppl", "accuracy", "overlap")
 
