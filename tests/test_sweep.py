@@ -324,3 +324,19 @@ def test_a_job_folder_reads_the_same_plain_or_gzipped_and_a_live_file_wins(tmp_p
     assert read_metrics(tmp_path / "b") == {"status": "running"}
     (tmp_path / "a" / "metrics.json.gz").write_bytes(b"\x1f\x8b truncated")
     assert read_metrics(tmp_path / "a")["status"] == "failed"
+
+
+def test_compressing_committed_studies_keeps_every_value(tmp_path):
+    from prune.findings import compress
+    from prune.sweep.jobs import load_jobs
+
+    job = tmp_path / "study" / "seed=0"
+    job.mkdir(parents=True)
+    metrics = {"status": "ok", "ppl_after": {"512": 34.741234567891234}, "x": [0.1 + 0.2, 1e-30, None]}
+    (job / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (job / "plan.json").write_text(json.dumps({"keep_mlp": [[0, 2, 5]]}, indent=2))
+    before = load_jobs(tmp_path / "study", latest_launch=False)[0]
+    assert compress(tmp_path) == 2
+    assert sorted(p.name for p in job.iterdir()) == ["metrics.json.gz", "plan.json.gz"]
+    after = load_jobs(tmp_path / "study", latest_launch=False)[0]
+    assert after == before and after[0]["metrics"] == metrics
