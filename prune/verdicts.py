@@ -146,7 +146,7 @@ def render(row: dict) -> dict:
     p, p_text = _adjusted(row, "p")
     t, t_text = _adjusted(row, "p_tost")
     test = {"paired": f"paired by {unit}", "items": "paired t-test over items"}.get(row["test"], "Welch")
-    stat = (f"{_interval(row)}; {test}{' on log PPL' if row['log'] else ''}: {p_text}; equivalence (TOST) "
+    stat = (f"{_interval(row)}; {test}{(' on log CV' if row['kind'] == 'grad_cv' else ' on log PPL') if row['log'] else ''}: {p_text}; equivalence (TOST) "
             f"against {row['margin_text']}: {t_text}")
     m = row["margin_text"]
     if p < ALPHA:

@@ -299,3 +299,11 @@ def test_the_overlap_test_compares_each_pair_of_sets_once_whatever_the_number_of
     result = overlap_test(arm_a, arm_b)
     assert result == expected and result["permutations"] == 1024
     assert 0 < len(calls) <= 190  # every relabelling's pairs, each computed once
+
+
+def test_a_gradient_cv_line_names_its_own_scale():
+    a = {s: 0.05 + 0.001 * s for s in range(5)}
+    b = {s: v * (0.9 + 0.01 * (s % 2)) for s, v in a.items()}
+    size, log = margin("grad_cv")
+    row = render(dict(judge("cv", "seq_len", 128, 512, compare(a, b, True, size, log), "grad_cv", True), role="secondary"))
+    assert "CV ratio" in row["text"] and "on log CV" in row["text"] and "PPL" not in row["text"]
