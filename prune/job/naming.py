@@ -83,12 +83,22 @@ def run_info(cfg: DictConfig) -> dict:
 SUPERSEDED = ".superseded"  # <job>/.superseded/<digest>/: a finished result that a rerun replaced
 
 
-def set_aside_finished(out_dir, settings: dict, log) -> str | None:
+def set_aside_finished(out_dir, cfg: DictConfig | dict, log) -> str | None:
     """Move a finished result (``status: ok``) in ``out_dir`` to ``.superseded/<its digest>/`` before a rerun
     overwrites it (``force=true``, or a sweep resumed with a changed setting): nothing finished is lost, and
-    the report reads only the new one. Says which settings changed where the old record kept them."""
+    the report reads only the new one. Says which settings changed where the old record kept them.
+    ``cfg``: the new job's config (or its :func:`result_settings`)."""
     import shutil
     from pathlib import Path
+
+    settings = {}
+    if isinstance(cfg, dict):
+        settings = cfg
+    else:
+        try:
+            settings = result_settings(cfg)
+        except Exception:  # noqa: BLE001 - a malformed setting: the job's preflight says what is wrong
+            pass
 
     out = Path(out_dir)
     try:

@@ -45,10 +45,7 @@ def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> d
     check_writable(out, "the output folder", "hydra.run.dir=<folder> / hydra.sweep.dir=<folder> or PRUNE_LAB_OUTPUTS")
     started = time.time()
     metrics: dict = {"status": "running", "output_dir": str(out)}
-    settings: dict = {}
-    with contextlib.suppress(Exception):  # a malformed setting: preflight below says what is wrong
-        settings = result_settings(cfg)
-    set_aside_finished(out, settings, log)  # a finished result is moved, never overwritten
+    set_aside_finished(out, cfg, log)  # a finished result is moved, never overwritten
     # Replace whatever an earlier run left here at once: a job killed from now on reads as unfinished.
     write_json(out / "metrics.json", metrics)
     tracker, recorder, ok = None, None, False
@@ -56,7 +53,7 @@ def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> d
         with contextlib.suppress(Exception):  # best effort: a refused job still says what it was in the report
             metrics["run"] = run_info(cfg)
         preflight(cfg, out)  # types first: nothing below may trip over a malformed value
-        metrics.update(run=run_info(cfg), config_digest=config_digest(settings or cfg), settings=settings or result_settings(cfg))
+        metrics.update(run=run_info(cfg), config_digest=config_digest(cfg), settings=result_settings(cfg))
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
         metrics["torch_threads"] = torch.get_num_threads()  # null: torch's default (one per core; 1 in a joblib worker)
