@@ -199,6 +199,7 @@ def overlap_row(label: str, block: str, x_key: str, ref, other, arm_ref: dict, a
     where = "" if band is None else f" in layers {band[0]}-{band[1]}"
     return {"what": f"[{label}] removed {block} groups{where}", "kind": "overlap", "block": block, "band": where, "x_key": x_key, "ref": ref,
             "other": other, **result, "min_p": min_permutation_p(arm_ref, arm_other), "identical": identical,
+            "none_removed": not any([*arm_ref.values(), *arm_other.values()]),
             "n_ref": len(arm_ref), "n_other": len(arm_other), "paired": set(arm_ref) == set(arm_other),
             "groups_differing": named}
 
@@ -220,7 +221,8 @@ def _render_overlap(row: dict) -> dict:
         head += f"; same seed in both: {row['same_seed']:.2f}"
     if row["identical"]:
         row["decision"] = "identical"
-        row["text"] = head + " — the same groups are removed at every seed in both settings."
+        row["text"] = head + (" — no such group is removed at any seed in either setting." if row.get("none_removed")
+                              else " — the same groups are removed at every seed in both settings.")
         return row
     if math.isnan(row["p"]):
         row["decision"] = "untestable"

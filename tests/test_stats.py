@@ -307,3 +307,11 @@ def test_a_gradient_cv_line_names_its_own_scale():
     size, log = margin("grad_cv")
     row = render(dict(judge("cv", "seq_len", 128, 512, compare(a, b, True, size, log), "grad_cv", True), role="secondary"))
     assert "CV ratio" in row["text"] and "on log CV" in row["text"] and "PPL" not in row["text"]
+
+
+def test_an_overlap_of_nothing_removed_says_so():
+    empty = {s: set() for s in range(4)}
+    row = render(dict(overlap_row("all", "attention", "seq_len", 128, 512, empty, dict(empty)), role="secondary"))
+    assert row["decision"] == "identical" and "no such group is removed" in row["text"]
+    same = {s: {(0, 1)} for s in range(4)}
+    assert "the same groups are removed" in render(dict(overlap_row("all", "mlp", "seq_len", 128, 512, same, dict(same)), role="secondary"))["text"]

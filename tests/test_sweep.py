@@ -157,6 +157,8 @@ def test_an_archived_sweep_rebuilds_the_same_verdicts_from_its_compact_files(swe
     n = len(live)
     assert f"{n + 1} jobs: {n} ok, 0 failed, 1 unfinished" in report and "## Failed jobs" not in report
     assert "- job zz-killed: status running" in report and head.split("Varying: ")[1] in report
+    # rebuilt in place beside the shared plotly.min.js, the page keeps loading that one copy
+    assert '<script charset="utf-8" src="../plotly.min.js"></script>' in (dest / "dashboard.html").read_text()
 
 
 def test_readme_findings_are_the_committed_reports_verdicts():

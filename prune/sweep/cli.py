@@ -15,8 +15,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--archive", metavar="DEST", help="copy the compact per-job files (no weights) to DEST and "
                         "build the report there (how studies are committed: experiments/results/<name>)")
     parser.add_argument("--plotlyjs", metavar="PATH", help="dashboard.html loads plotly.js from PATH (relative to the "
-                        "sweep folder, written there if absent) instead of embedding it; with --archive: ../plotly.min.js, "
-                        "one copy for all committed studies")
+                        "sweep folder, written there if absent) instead of embedding it; with --archive, or where the folder's "
+                        "parent holds plotly.min.js: ../plotly.min.js, one copy for all committed studies")
     args = parser.parse_args(argv)
     sweep = Path(args.sweep_dir)
     if not has_jobs(sweep):  # a refusal: one line, exit status 2 (as prune-run)
@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
         sweep = Path(args.archive)
     from prune.sweep.report import build_report
 
-    plotlyjs = args.plotlyjs or ("../plotly.min.js" if args.archive else True)
+    shared = args.archive or (sweep.parent / "plotly.min.js").exists()  # a committed study rebuilt in place too
+    plotlyjs = args.plotlyjs or ("../plotly.min.js" if shared else True)
     path = build_report(sweep, log_wandb=not (args.no_wandb or args.archive), plotlyjs=plotlyjs)
     print(path.read_text())
     print(f"report written to {path}")
