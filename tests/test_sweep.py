@@ -138,11 +138,11 @@ def test_an_archived_sweep_rebuilds_the_same_verdicts_from_its_compact_files(swe
     import torch
 
     assert list(folder.glob("*/importance.pt"))
-    for job in folder.glob("*/importance.pt"):  # the group scores come along, to fp32's precision
+    for job in folder.glob("*/importance.pt"):  # the group scores come along, to 5 significant digits
         kept = json.loads(gzip.decompress((dest / job.parent.name / "scores.json.gz").read_bytes()))["scores"]
         original = torch.load(job, weights_only=False)["scores"]
         for block in ("attention", "mlp"):
-            np.testing.assert_allclose(np.array(kept[block]), np.array(original[block], dtype=np.float64), rtol=1e-6, atol=0)
+            np.testing.assert_allclose(np.array(kept[block]), np.array(original[block], dtype=np.float64), rtol=5e-5, atol=0)
     # committed studies share one plotly.js beside them instead of embedding 4 MB each
     page = (dest / "dashboard.html").read_text()
     assert '<script charset="utf-8" src="../plotly.min.js"></script>' in page and len(page) < 1_000_000
