@@ -7,6 +7,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
+from prune.sweep.jobs import expand_sweep, launch_grid
 from prune.sweep.progress import clock, progress, progress_line, wandb_values
 
 START = 1_800_000_000.0
@@ -27,6 +28,21 @@ def _folder(tmp_path, finished: dict[str, float]):
         (job / "metrics.json").write_text(json.dumps({"status": "ok", "timings": {"total": 12.4}}))
         os.utime(job / "metrics.json", (mtime, mtime))
     return sweep
+
+
+def test_the_launched_grid_is_every_combination_in_hydras_spelling(tmp_path):
+    """The jobs a launch holds, expanded by Hydra's public override parser: sweeper params then command line,
+    a list value is one value, a prefixed key keeps its prefix; a non-grid sweep is refused, not guessed."""
+    assert expand_sweep(["seed=0,1", "eval.lengths=[128,512]", "+x=a", "seq_len=range(64,193,128)"]) == [
+        ["seed=0", "eval.lengths=[128,512]", "+x=a", "seq_len=64"], ["seed=0", "eval.lengths=[128,512]", "+x=a", "seq_len=192"],
+        ["seed=1", "eval.lengths=[128,512]", "+x=a", "seq_len=64"], ["seed=1", "eval.lengths=[128,512]", "+x=a", "seq_len=192"]]
+    with pytest.raises(ValueError, match="lr"):
+        expand_sweep(["lr=interval(0,1)"])
+    sweep = _folder(tmp_path, {})
+    assert launch_grid(sweep) == {frozenset({f"seq_len={n}", f"seed={s}"}) for n in (64, 128) for s in (0, 1)}
+    OmegaConf.save({"hydra": {"sweeper": {"params": {"lr": "interval(0,1)"}}, "overrides": {"task": []}}},
+                   sweep / "multirun.yaml")
+    assert launch_grid(sweep) is None  # unknown: every folder is reported
 
 
 def test_the_time_left_follows_the_pace_of_this_launch(tmp_path):

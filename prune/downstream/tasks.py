@@ -117,14 +117,12 @@ def resolve_tasks(tasks, local_task_dir):
         where = f" or in {', '.join(map(str, local))}" if local else ""
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise DownstreamError(f"unknown downstream task(s) {', '.join(unknown)}: not an lm-eval task{where}{hint}")
-    from lm_eval.tasks._index import Kind
-
+    tags, groups = set(manager.all_tags), set(manager.all_groups)
     leaves: dict[str, list[str]] = {}
     for name in names:
-        entry = index[name]
-        if entry.kind == Kind.TAG:
-            leaves[name] = sorted(entry.tags)
-        elif entry.kind == Kind.GROUP:
+        if name in tags:
+            leaves[name] = sorted(index[name].tags)
+        elif name in groups:
             raise DownstreamError(f"downstream task '{name}' is an lm-eval group; list its tasks instead")
         else:
             leaves[name] = [name]

@@ -89,8 +89,6 @@ def load_jobs(sweep_dir: str | Path, latest_launch: bool = True, nested: bool = 
 def launch_grid(sweep_dir: Path) -> set[frozenset] | None:
     """The override sets of every job of the sweep's latest launch, expanded from its ``multirun.yaml``
     (sweeper params + command line) as Hydra's basic sweeper expands them; None if unknown."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     path = sweep_dir / "multirun.yaml"
@@ -99,11 +97,30 @@ def launch_grid(sweep_dir: Path) -> set[frozenset] | None:
     try:
         hydra_cfg = OmegaConf.load(path).hydra
         params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
-        overrides = OverridesParser.create().parse_overrides(params + list(hydra_cfg.overrides.task))
-        return {frozenset(job) for job in BasicSweeper.split_arguments(overrides, None)[0]}
+        return {frozenset(job) for job in expand_sweep(params + list(hydra_cfg.overrides.task))}
     except Exception as exc:  # an unusual sweeper: keep every folder rather than guess
         log.warning("cannot expand the sweep of %s (%s): every job folder is reported", path, exc)
         return None
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """Every job's overrides of a grid sweep, in Hydra's basic-sweeper order and spelling (``key=value``,
+    the key with its ``+``/``~`` prefix), through Hydra's public override parser: ``["a=1,2", "b=x"]`` ->
+    ``[["a=1", "b=x"], ["a=2", "b=x"]]``. An interval or other non-discrete sweep raises ValueError."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    axes = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            axes.append([f"{key}={override.get_value_element_as_str()}"])
+        elif override.is_discrete_sweep():
+            axes.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            raise ValueError(f"{key}: a {type(override.value()).__name__} is not a grid of values")
+    return [list(job) for job in itertools.product(*axes)]
 
 
 def override_values(overrides: list[str]) -> dict:
