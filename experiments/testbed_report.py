@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from prune.checkpoint import load_pruned
 from prune.schema import compose
-from prune.testbed.analysis import attention_group_removal_table, class_losses, dependency_losses_by_window, windows_with_classes
+from testbed_analysis import attention_group_removal_table, class_losses, dependency_losses_by_window, windows_with_classes
 from prune.testbed.build import TestbedSpec, ensure_model, token_stream
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# the repository's own tooling (findings page, testbed analysis) is not installed with prune; tests import it
+import sys  # noqa: E402
+
+sys.path.insert(0, str(REPO / "experiments"))
 SHARED = REPO.parent / "shared"
 CONF = REPO / "prune" / "conf"
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="prune-lab-tests-"))

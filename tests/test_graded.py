@@ -76,7 +76,7 @@ def test_mechanism_loss_is_value_cross_entropy_plus_weighted_kl_from_the_base():
 @pytest.mark.slow
 def test_the_trained_group_copies_facts_and_leaves_local_predictions_alone(tmp_path):
     """Trains a small graded testbed (~1 min on 2 CPU cores): removing the group costs facts, not words."""
-    from prune.testbed.analysis import class_losses, windows_with_classes
+    from testbed_analysis import class_losses, windows_with_classes
     from prune.testbed.build import token_stream
     from prune.testbed.control import remove_group
     from prune.testbed.train import train_model

@@ -162,7 +162,7 @@ def test_an_archived_sweep_rebuilds_the_same_verdicts_from_its_compact_files(swe
 
 
 def test_readme_findings_are_the_committed_reports_verdicts():
-    out = subprocess.run([sys.executable, "-m", "prune.findings", "--check"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    out = subprocess.run([sys.executable, str(REPO / "experiments" / "findings.py"), "--check"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
 
 
@@ -329,7 +329,7 @@ def test_a_job_folder_reads_the_same_plain_or_gzipped_and_a_live_file_wins(tmp_p
 
 
 def test_compressing_committed_studies_keeps_every_value(tmp_path):
-    from prune.findings import compress
+    from findings import compress
     from prune.sweep.jobs import load_jobs
 
     job = tmp_path / "study" / "seed=0"

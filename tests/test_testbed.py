@@ -92,7 +92,7 @@ def test_default_testbed_learns_long_range_facts(cache_dir):
 
     from conftest import compose_config
     from prune.checkpoint import load_pruned
-    from prune.testbed.analysis import dependency_losses_by_window
+    from testbed_analysis import dependency_losses_by_window
     from prune.testbed.build import ensure_model, token_stream
 
     spec = TestbedSpec.from_dict(OmegaConf.to_container(compose_config().testbed, resolve=True))

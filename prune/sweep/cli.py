@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"prune-report: error: no */metrics.json under {sweep}: is it a sweep folder?", file=sys.stderr)
         raise SystemExit(2)
     if args.archive:
-        from prune.findings import archive
+        from prune.sweep.archive import archive
 
         n = archive(sweep, Path(args.archive))
         print(f"archived {n} jobs to {args.archive}")

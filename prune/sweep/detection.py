@@ -26,7 +26,7 @@ from prune.sweep.jobs import setting
 SHORT, LONG = 128, 512
 SUBSET_SEEDS = 6  # the seeds of a committed study
 ALPHA = 0.05
-HEADING = "## Detection rates of the planted effect"  # also how prune.findings finds the table
+HEADING = "## Detection rates of the planted effect"  # also how experiments/findings.py finds the table
 
 
 def mechanism(sweep_dir: Path, jobs: list[dict]) -> tuple[int, int] | None:

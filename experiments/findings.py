@@ -1,11 +1,7 @@
-"""Committed studies: compact per-job archives, and the findings page generated from their verdicts.
+"""Repository tooling (not installed with prune): the findings page generated from the committed studies.
 
-``prune-report <sweep> --archive experiments/results/<name>`` copies what a report needs from every job
-folder (``metrics.json``, ``plan.json``, the job's ``.hydra/*.yaml``; never weights or W&B files) and the
-sweep's ``multirun.yaml``, then builds the report there, so anyone can rebuild it from the repository:
-``prune-report experiments/results/<name> --no-wandb``.
-
-``python -m prune.findings`` rewrites the block of ``docs/findings.md`` (the README keeps the headline)
+Studies are committed with ``prune-report <sweep> --archive experiments/results/<name>`` (``prune.sweep.archive``).
+``python experiments/findings.py`` rewrites the block of ``docs/findings.md`` (the README keeps the headline)
 between ``<!-- findings:start -->`` and ``<!-- findings:end -->`` from the committed reports (their PPL
 tables and verdict lines, verbatim; per study a failing negative control first, then the primary
 endpoint, then the secondary lines), so a
@@ -15,75 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
-JOB_FILES = ("metrics.json", "plan.json", ".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml")
 # the studies the findings page reports, in order, with the verdict kinds it quotes
 STUDIES = ("smollm2_128_vs_512", "smollm2_grad_cv", "control_seq_len", "graded_control", "seq_len_128_vs_512", "stories260k_128_vs_512", "fisher_scale", "fisher_scale_stories260k",
            "importance_methods", "depth_seq_len", "recovery_128_vs_512")
 QUOTED = ("ppl", "accuracy", "overlap")
-
-
-def archive(sweep_dir: Path, dest: Path) -> int:
-    """Copy the compact per-job files of a sweep into ``dest``; returns the number of jobs copied.
-
-    ``metrics.json`` and ``plan.json`` are stored gzipped (``.gz``, compact JSON: about 20x smaller than
-    the indented originals, so a 160-job real-model study stays a few MB); every reader of a job folder
-    (``prune.sweep.jobs``) takes either form. The group scores (``importance.pt``) come along as
-    ``scores.json.gz``."""
-    import gzip
-
-    from prune.sweep.jobs import job_file, metrics_files, read_json
-
-    dest.mkdir(parents=True, exist_ok=True)
-    if (sweep_dir / "multirun.yaml").exists():
-        shutil.copy2(sweep_dir / "multirun.yaml", dest / "multirun.yaml")
-    n = 0
-    for metrics in metrics_files(sweep_dir):
-        job = metrics.parent
-        (dest / job.name).mkdir(parents=True, exist_ok=True)
-        for name in JOB_FILES:
-            source = job_file(job, name)
-            if source is None:
-                continue
-            if name.endswith(".json"):
-                data = json.dumps(read_json(source), separators=(",", ":"), sort_keys=False).encode()
-                target = dest / job.name / f"{name}.gz"
-                if not (target.exists() and gzip.decompress(target.read_bytes()) == data):  # unchanged: left alone
-                    target.write_bytes(gzip.compress(data, mtime=0))  # mtime 0: the same bytes on every rebuild
-                (dest / job.name / name).unlink(missing_ok=True)  # an older plain copy
-            else:
-                (dest / job.name / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, dest / job.name / name)
-        if (job / "importance.pt").exists():  # the group scores, so any claim about them can be rechecked
-            scores = group_scores(job / "importance.pt", digits=5)
-            (dest / job.name / "scores.json.gz").write_bytes(gzip.compress(json.dumps(scores, separators=(",", ":")).encode(), mtime=0))
-        n += 1
-    return n
-
-
-def group_scores(path: Path, digits: int = 7) -> dict:
-    """A job's ``importance.pt`` as plain JSON: every group's score (``scores``: attention / mlp, one list per
-    layer) and the layer scores where the criterion has them, to ``digits`` significant digits (7: fp32's
-    own; archives keep 5, 30 % smaller, and the decisions themselves are exact in ``plan.json``)."""
-    import torch
-
-    data = torch.load(path, map_location="cpu", weights_only=False)
-
-    def plain(value):
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if torch.is_tensor(value):
-            return plain(value.tolist())
-        return float(f"{value:.{digits}g}") if isinstance(value, float) else value
-
-    return {"scores": plain(data.get("scores")), "layer_scores": plain(data.get("layer_scores"))}
 
 
 def compress(results: Path) -> int:
@@ -141,7 +77,7 @@ def study_block(folder: Path) -> list[str]:
 
 
 def findings_block(results: Path) -> str:
-    lines = [START, "", "_Generated by `python -m prune.findings` from the committed reports; do not edit by hand._", ""]
+    lines = [START, "", "_Generated by `python experiments/findings.py` from the committed reports; do not edit by hand._", ""]
     for name in STUDIES:
         if (results / name / "verdicts.json").exists():
             lines += study_block(results / name)
@@ -167,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     new = text[: text.index(START)] + block + text[text.index(END) + len(END):]
     if args.check:
         if new != text:
-            print(f"{readme.name} findings are stale: run python -m prune.findings", file=sys.stderr)
+            print(f"{readme.name} findings are stale: run python experiments/findings.py", file=sys.stderr)
             raise SystemExit(1)
         return
     readme.write_text(new)

@@ -1,4 +1,5 @@
-"""Measurements on the testbed: which tokens depend on long-range context, and which groups carry it."""
+"""Repository tooling (not installed with prune), used by ``testbed_report.py`` and ``graded_report.py``:
+measurements on the testbed: which tokens depend on long-range context, and which groups carry it."""
 from __future__ import annotations
 
 import torch
