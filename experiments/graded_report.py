@@ -1,6 +1,7 @@
 """The graded positive control's planted effects: what removing its mechanism group costs, per strength.
 
-    python experiments/graded_report.py [--attributes 4 8 20] [--out experiments/results]
+    python experiments/graded_report.py [--attributes 4 8 20] [--set testbed.corpus.values_per_attribute=32]
+                                        [--out experiments/results]
 
 For each ``testbed.corpus.num_attributes`` (the strength: how often facts occur) it builds (or reuses) the
 ``testbed=graded`` model and measures on the whole held-out split, as the job's evaluator does
@@ -24,7 +25,7 @@ from prune.evaluate import perplexity
 from prune.data.windows import evaluation_windows
 from prune.schema import compose
 from prune.structure import model_shape
-from prune.testbed.analysis import class_losses, windows_with_classes
+from testbed_analysis import class_losses, windows_with_classes
 from prune.testbed.build import TestbedSpec, ensure_model, token_stream
 from prune.testbed.control import remove_group
 from prune.testbed.graded import group_masks
@@ -38,7 +39,8 @@ def measure(spec: TestbedSpec, cache: str) -> dict:
     stream = token_stream(spec.corpus, cache, "test")
     t = spec.training
     shape = model_shape(load_pruned(folder))
-    out = {"num_attributes": spec.corpus.num_attributes, "model_dir": folder.name,
+    out = {"num_attributes": spec.corpus.num_attributes, "values_per_attribute": spec.corpus.values_per_attribute,
+           "model_dir": folder.name,
            "training": json.loads((folder / "testbed.json").read_text())["training"], "groups": []}
     w512, classes = windows_with_classes(stream, spec.corpus, 512)
     for layer, s in enumerate(shape.layers):
@@ -67,27 +69,38 @@ def render(results: list[dict]) -> str:
     lines = ["# Graded positive control (`testbed=graded`): the planted effects", "",
              "Removing the mechanism group (L1G0, ordinary weights) from the trained model; whole held-out split, "
              "non-overlapping windows. `num_attributes` sets how often facts occur (the strength).", "",
-             "| num_attributes | PPL@512 rise | PPL@128 rise | long-range recall@512 with / without | trained in |",
-             "|---|---|---|---|---|"]
+             "| num_attributes | values per attribute | PPL@512 rise | PPL@128 rise | long-range recall@512 with / without | trained in |",
+             "|---|---|---|---|---|---|"]
     for r in results:
         dense = r["groups"][0]["long_range"]["accuracy"]
         mech = next(g for g in r["groups"] if g["mechanism"])
-        lines.append(f"| {r['num_attributes']} | {100 * r['effect'][512]:+.2f} % | {100 * r['effect'][128]:+.3f} % | "
+        lines.append(f"| {r['num_attributes']} | {r.get('values_per_attribute', 8)} | {100 * r['effect'][512]:+.2f} % | {100 * r['effect'][128]:+.3f} % | "
                      f"{dense:.3f} / {mech['long_range']['accuracy']:.3f} | {r['training']['seconds']} s |")
     lines += ["", "Every attention group removed alone (PPL rise at 128 / 512, long-range recall at 512 after, "
               "Frobenius norm of the group's q/k/v/o weights):", "",
-              "| num_attributes | group | rise@128 | rise@512 | recall after | weight norm |", "|---|---|---|---|---|---|"]
+              "| strength | group | rise@128 | rise@512 | recall after | weight norm |", "|---|---|---|---|---|---|"]
     for r in results:
         for g in r["groups"][1:]:
             name = f"L{g['layer']}G{g['group']}" + (" (mechanism)" if g["mechanism"] else "")
-            lines.append(f"| {r['num_attributes']} | {name} | {100 * g['ppl_rise_128']:+.3f} % | {100 * g['ppl_rise_512']:+.3f} % | "
+            lines.append(f"| {_strength(r)} | {name} | {100 * g['ppl_rise_128']:+.3f} % | {100 * g['ppl_rise_512']:+.3f} % | "
                          f"{g['long_range']['accuracy']:.3f} | {g['weight_norm']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _strength(r: dict) -> str:
+    values = r.get("values_per_attribute", 8)
+    return f"{r['num_attributes']}" + (f" x {values} values" if values != 8 else "")
+
+
+def _key(r: dict) -> tuple:
+    return r["num_attributes"], r.get("values_per_attribute", 8)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attributes", type=int, nargs="+", default=[4, 8, 20])
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="more testbed overrides for every strength (e.g. testbed.corpus.values_per_attribute=32)")
     parser.add_argument("--out", default=str(REPO / "experiments" / "results"))
     parser.add_argument("--cache-dir", default=os.environ.get("PRUNE_LAB_CACHE", "~/.cache/prune-lab"))
     args = parser.parse_args()
@@ -95,11 +108,15 @@ def main() -> None:
     cache = os.path.expanduser(args.cache_dir)
     results = []
     for n in args.attributes:
-        cfg = compose("testbed=graded", f"testbed.corpus.num_attributes={n}").testbed
+        cfg = compose("testbed=graded", f"testbed.corpus.num_attributes={n}", *args.set).testbed
         results.append(measure(TestbedSpec.from_dict(OmegaConf.to_container(cfg, resolve=True)), cache))
         print(render(results[-1:]), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "testbed_graded.json").exists():  # the strengths measured before stay; a remeasured one is replaced
+        new = {_key(r) for r in results}
+        kept = [r for r in json.loads((out / "testbed_graded.json").read_text()) if _key(r) not in new]
+        results = sorted(kept + results, key=_key)
     (out / "testbed_graded.json").write_text(json.dumps(results, indent=2))
     (out / "testbed_graded.md").write_text(render(results))
     print(render(results))
