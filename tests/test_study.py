@@ -73,6 +73,24 @@ def test_a_length_difference_under_magnitude_fails_the_study(tmp_path, leak):
     assert bad and all("[importance=magnitude]" in line for line in bad)
 
 
+def test_a_cell_at_ceiling_is_no_leak_when_the_arms_agree_and_a_leak_when_they_differ():
+    """The recovery study's probe cells where the dense model scores 1.0 are worded 'uninformative', not
+    'identical'; magnitude's arms agreeing there passes the control, differing there fails it."""
+    from types import SimpleNamespace
+
+    from prune.sweep.study import negative_control
+
+    jobs = {"importance=magnitude": [{"metrics": {"run": {"importance": "magnitude"}}}]}
+    sweep = SimpleNamespace(x_key="seq_len", series=lambda: jobs, series_label=lambda key: key)
+    rows = [{"series": "importance=magnitude", "decision": "identical", "identical": True, "text": "a"},
+            {"series": "importance=magnitude", "decision": "at_ceiling", "identical": True, "text": "b"}]
+    result = negative_control(sweep, rows)
+    assert result["status"] == "pass" and "1 of them on cells the dense model has at floor or ceiling" in result["note"]
+    rows.append({"series": "importance=magnitude", "decision": "at_ceiling", "identical": False, "text": "c"})
+    result = negative_control(sweep, rows)
+    assert result["status"] == "fail" and result["lines"] == ["c"]
+
+
 def test_without_a_declared_primary_every_comparison_is_secondary(tmp_path):
     report, data = build(make_sweep(tmp_path / "s", study=None))
     assert all(r["role"] == "secondary" for r in data["structured"])

@@ -49,6 +49,13 @@ def primary_row(sweep, rows: list[dict]) -> tuple[dict | None, str]:
     return found[0], f"Primary endpoint: {described} (from {sweep.design.source})."
 
 
+def control_ok(row: dict) -> bool:
+    """A magnitude verdict that shows no leak: identical or equivalent arms, or a cell the dense model has
+    at floor or ceiling (worded 'uninformative', not 'identical') on which both arms agree at every seed
+    or item. A difference on such a cell is still a leak."""
+    return row["decision"] in CONTROL_OK or (row["decision"].startswith("at_") and bool(row.get("identical")))
+
+
 def negative_control(sweep, rows: list[dict]) -> dict:
     """Status of the magnitude negative control: not applicable, absent, pass or fail (with the lines)."""
     if not (sweep.x_key in CALIBRATION_AXES):
@@ -60,14 +67,16 @@ def negative_control(sweep, rows: list[dict]) -> dict:
     if not control:
         return {"status": "absent", "lines": [],
                 "note": "no importance=magnitude arm: whether calibration data leaks into the pipeline is not checked."}
-    bad = [r for r in control if r["decision"] not in CONTROL_OK]
+    bad = [r for r in control if not control_ok(r)]
     if bad:
         return {"status": "fail", "lines": [r["text"] for r in bad],
                 "note": (f"importance=magnitude reads no calibration data, yet {len(bad)} of its {len(control)} verdicts "
                          f"are not 'identical' or 'no difference' across {sweep.x_key}: the pipeline leaks calibration "
                          "data, and every verdict of this study is suspect.")}
+    bounded = sum(r["decision"].startswith("at_") for r in control)
     return {"status": "pass", "lines": [r["text"] for r in control],
-            "note": f"importance=magnitude (reads no calibration data): all {len(control)} verdicts identical or equivalent across {sweep.x_key}."}
+            "note": f"importance=magnitude (reads no calibration data): all {len(control)} verdicts identical or equivalent across {sweep.x_key}"
+                    + (f" ({bounded} of them on cells the dense model has at floor or ceiling, the arms equal there too)." if bounded else ".")}
 
 
 def finalize(sweep, rows: list[dict]) -> dict:
