@@ -1,6 +1,6 @@
 """Repository tooling (not installed with prune): the findings page generated from the committed studies.
 
-Studies are committed with ``prune-report <sweep> --archive experiments/results/<name>`` (``prune.sweep.archive``).
+Studies are committed with ``prune-report <sweep> --archive experiments/results/<name>`` (``prune.report.archive``).
 ``python experiments/findings.py`` rewrites the block of ``docs/findings.md`` (the README keeps the headline)
 between ``<!-- findings:start -->`` and ``<!-- findings:end -->`` from the committed reports (their PPL
 tables and verdict lines, verbatim; per study a failing negative control first, then the primary
@@ -28,7 +28,7 @@ def compress(results: Path) -> int:
     round-trips Python floats exactly), so every report rebuilds the same. Returns the files converted."""
     import gzip
 
-    from prune.sweep.jobs import read_json
+    from prune.report.jobs import read_json
 
     n = 0
     for path in sorted(results.glob("*/*/metrics.json")) + sorted(results.glob("*/*/plan.json")):
@@ -61,9 +61,9 @@ def study_block(folder: Path) -> list[str]:
     verdicts = [v["text"] for v in data.get("structured", []) if v.get("kind") in QUOTED or v.get("role") == "primary"]
     control = (study.get("negative_control") or {})
     tail = [f"Negative control: {control['status']}: {control['note']}", ""] if control.get("status") in ("pass", "fail", "absent") else []
-    from prune.sweep.detection import HEADING as DETECTION
+    from prune.report.detection import HEADING as DETECTION
 
-    detection = []  # a control's detection rates (prune.sweep.detection): the table, verbatim
+    detection = []  # a control's detection rates (prune.report.detection): the table, verbatim
     if DETECTION in report:
         i = report.index(DETECTION) + 1
         while i < len(report) and not report[i].startswith("|"):

@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from prune.checkpoint import load_pruned
-from prune.evaluate import perplexity
+from prune.eval.perplexity import perplexity
 from prune.data.windows import evaluation_windows
 from prune.schema import compose
 from prune.structure import model_shape

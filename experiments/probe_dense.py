@@ -3,7 +3,7 @@
     python experiments/probe_dense.py model=smollm2_135m data=text_split data.file=<wiki.test.raw> \
         eval.probe.lengths=[256,1024,4096,8192] eval.probe.items=5 --out experiments/results/smollm2_135m/probe_dense
 
-Builds the probe exactly as a job does (``prune.probe.probe_task_dir``: evaluation split, the model's
+Builds the probe exactly as a job does (``prune.eval.probe.probe_task_dir``: evaluation split, the model's
 tokenizer, ``eval.probe.*``), evaluates the unpruned model with lm-eval, and writes ``<out>.json`` and
 ``<out>.md``: accuracy (exact retrieval) and key perplexity per (length, depth), each accuracy with its
 95 % Wilson interval, and whether the probe is at floor (0) or ceiling (1) everywhere.
@@ -31,8 +31,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from hydra.utils import instantiate
 
-    from prune.downstream import evaluate_tasks
-    from prune.probe import TAG, parse_task, probe_task_dir
+    from prune.eval.downstream import evaluate_tasks
+    from prune.eval.probe import TAG, parse_task, probe_task_dir
     from prune.schema import compose
 
     cfg = compose(*args.overrides)

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     import prune  # noqa: F401  (registers pruned_<base> with the Auto classes)
     import prune.schema  # noqa: F401  (the config's resolvers, e.g. by_device)
     from prune.data import evaluation_windows, tokenize_documents
-    from prune.evaluate import perplexity
+    from prune.eval.perplexity import perplexity
 
     metrics = json.loads((args.run / "metrics.json").read_text())
     cfg = OmegaConf.load(args.run / ".hydra" / "config.yaml")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from prune.losses import next_token_nll
+from prune.eval.losses import next_token_nll
 from prune.pruning.plan import PruningPlan
 from prune.pruning.surgery import masked
 from prune.structure import model_shape

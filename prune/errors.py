@@ -45,7 +45,7 @@ class RecoveryError(PruneLabError, ValueError):
 
 
 class ProbeError(PruneLabError, ValueError):
-    """A long-context probe setting that cannot work (``prune.probe``); the one-line message says why."""
+    """A long-context probe setting that cannot work (``prune.eval.probe``); the one-line message says why."""
 
 
 class DiskFullError(PruneLabError, OSError):

@@ -5,7 +5,7 @@ as soon as it is reduced; with micro-batches all prunable gradients live until t
 running mean ``G`` of every prunable gradient (4 bytes per weight in fp32, 3 as bf16 + Kahan compensation,
 none on the device with ``mean_grad=cpu``, which keeps it in host memory and adds a few pinned staging
 gradients); the activations autograd keeps for one (micro-)batch; the logits (one chunk of positions with
-the chunked loss of ``prune.losses``, else all of them, with their fp32 copy and gradient); and on the CPU the
+the chunked loss of ``prune.eval.losses``, else all of them, with their fp32 copy and gradient); and on the CPU the
 process's resident memory before the model loads (libraries, data), since there the measured peak is the RSS.
 Activations per token and layer are about ``(6 * hidden + 4 * intermediate) * dtype_bytes`` for a
 LLaMA layer with SDPA (no attention matrix is stored), or ``2 * hidden`` with gradient checkpointing.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from prune.losses import logits_bytes
+from prune.eval.losses import logits_bytes
 from prune.importance.mean_grad import DEVICE_BYTES_PER_WEIGHT, HOST_BYTES_PER_WEIGHT, MEAN_GRAD_CHOICES, STAGING_SLOTS
 from prune.structure import ModelShape
 

@@ -1,7 +1,7 @@
 """Recovery fine-tuning after pruning (``recovery=`` config group): LoRA with peft, or all remaining weights.
 
 The pruned model is trained for ``steps`` steps on random windows of the calibration data set's **train**
-split (never on evaluation text) with the project's one next-token loss (``prune.losses``). LoRA adapters
+split (never on evaluation text) with the project's one next-token loss (``prune.eval.losses``). LoRA adapters
 (``recovery=lora``) go on the projections that survived pruning; afterwards they are saved on their own
 (``recovery_adapter/``, a peft folder for the one-shot pruned model) and folded into the weights
 (``merge_and_unload``), so the model that is evaluated again and saved is a plain pruned model of the same
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from prune.errors import RecoveryError  # noqa: F401  (re-exported: defined with the other refusals)
-from prune.losses import next_token_nll
+from prune.eval.losses import next_token_nll
 from prune.recovery_data import RecoveryPlan, recovery_seed
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
 def already_finished(out_dir: Path, cfg: DictConfig) -> dict | None:
     """The metrics of a job that already ran to completion in ``out_dir`` with this exact config."""
     from prune.job import config_digest
-    from prune.sweep.jobs import read_metrics
+    from prune.report.jobs import read_metrics
 
     metrics = read_metrics(out_dir)
     if not metrics or metrics.get("status") != "ok":
@@ -57,7 +57,7 @@ def discard_refused_folder(out_dir: Path) -> bool:
     """Remove a single run's folder that holds nothing but Hydra's files and a refusal (nothing was computed)."""
     import shutil
 
-    from prune.sweep.jobs import read_metrics
+    from prune.report.jobs import read_metrics
 
     if not out_dir.is_dir() or not {p.name for p in out_dir.iterdir()} <= {".hydra", "run.log", "metrics.json"}:
         return False
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     import os
 
-    from prune import callbacks
+    from prune.report import callbacks
     from prune.errors import PruneLabError, first_line
 
     saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")

@@ -94,7 +94,7 @@ class Eval:
 
 @dataclass
 class Primary:
-    """The one comparison a study is built for, declared before it runs (``prune.sweep.design``)."""
+    """The one comparison a study is built for, declared before it runs (``prune.report.design``)."""
     metric: Optional[str] = None  # ppl_after | ppl_recovered | acc_after; None: no primary endpoint declared
     at: Optional[str] = None  # eval length (PPL) or task (accuracy); None: the longest length / "mean"
     where: Dict[str, Any] = field(default_factory=dict)  # the series: settings (command-line names) of its jobs

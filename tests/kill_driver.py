@@ -40,7 +40,7 @@ def install(point: str) -> None:
 
         prune.files.atomic_write = killing_write
     elif kind == "wandb":
-        from prune.tracking import WandbTracker
+        from prune.report.tracking import WandbTracker
 
         finish = WandbTracker.finish
 

@@ -309,7 +309,7 @@ def test_a_sweep_with_refused_jobs_exits_non_zero_after_its_report(no_model, tmp
 
 
 def test_varying_names_what_varied_when_only_one_job_is_ok(tmp_path):
-    from prune.sweep.report import Report
+    from prune.report.build import Report
 
     for i, (ratio, status) in enumerate([(0.3, "ok"), (1.5, "refused")]):
         (tmp_path / str(i) / ".hydra").mkdir(parents=True)
@@ -342,18 +342,18 @@ class FakeWandb:
 @pytest.fixture
 def fake_wandb(monkeypatch):
     def install(fail_online: bool) -> FakeWandb:
-        import prune.tracking
+        import prune.report.tracking
 
         fake = FakeWandb(fail_online)
         monkeypatch.setitem(sys.modules, "wandb", fake)
-        monkeypatch.setattr(prune.tracking, "_ONLINE_FAILED", [])
+        monkeypatch.setattr(prune.report.tracking, "_ONLINE_FAILED", [])
         return fake
 
     return install
 
 
 def test_wandb_online_without_a_key_warns_once_and_goes_offline(fake_wandb, monkeypatch, tmp_path, caplog):
-    from prune.tracking import WandbTracker
+    from prune.report.tracking import WandbTracker
 
     fake = fake_wandb(fail_online=False)
     monkeypatch.setenv("WANDB_MODE", "online")
@@ -368,7 +368,7 @@ def test_wandb_online_without_a_key_warns_once_and_goes_offline(fake_wandb, monk
 
 
 def test_wandb_server_that_does_not_answer_costs_init_timeout_then_offline(fake_wandb, monkeypatch, tmp_path, caplog):
-    from prune.tracking import WandbTracker
+    from prune.report.tracking import WandbTracker
 
     fake = fake_wandb(fail_online=True)
     monkeypatch.setenv("WANDB_MODE", "online")
@@ -384,7 +384,7 @@ def test_wandb_server_that_does_not_answer_costs_init_timeout_then_offline(fake_
 
 
 def test_a_failing_wandb_call_mid_run_never_kills_the_job(fake_wandb, tmp_path):
-    from prune.tracking import WandbTracker
+    from prune.report.tracking import WandbTracker
 
     fake_wandb(fail_online=False)
     tracker = WandbTracker()

@@ -62,7 +62,7 @@ def test_local_tasks_build_the_builtin_requests(data, tmp_path):
     from lm_eval.tasks import TaskManager, get_task_dict
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from prune.downstream.benchmarks import BENCHMARKS, ensure_benchmark_dir, read_items
+    from prune.eval.downstream.benchmarks import BENCHMARKS, ensure_benchmark_dir, read_items
 
     folder = ensure_benchmark_dir(TASKS, data, tmp_path / "cache")
     local = get_task_dict(TASKS, TaskManager(include_path=str(folder), include_defaults=False))
@@ -86,7 +86,7 @@ def test_local_tasks_build_the_builtin_requests(data, tmp_path):
 
 
 def test_check_task_data_counts_every_item(data):
-    from prune.downstream.benchmarks import check_task_data
+    from prune.eval.downstream.benchmarks import check_task_data
 
     assert check_task_data(TASKS, data) == {"local_lambada_openai": 5153, "local_arc_easy": 2376, "local_piqa": 1838,
                                             "local_blimp": 6000}
@@ -101,7 +101,7 @@ def test_check_task_data_counts_every_item(data):
     ('["q"]', "line 2: not a JSON object"),
 ])
 def test_malformed_data_is_refused_in_one_line(tmp_path, line, why):
-    from prune.downstream.benchmarks import TaskDataError, check_task_data
+    from prune.eval.downstream.benchmarks import TaskDataError, check_task_data
     from prune.errors import PruneLabError
 
     (tmp_path / "arc_easy").mkdir()
@@ -114,7 +114,7 @@ def test_malformed_data_is_refused_in_one_line(tmp_path, line, why):
 
 
 def test_missing_folder_or_file_is_refused(tmp_path):
-    from prune.downstream.benchmarks import TaskDataError, check_task_data
+    from prune.eval.downstream.benchmarks import TaskDataError, check_task_data
 
     with pytest.raises(TaskDataError, match="set eval.task_data"):
         check_task_data(["local_piqa"], None)
@@ -143,7 +143,7 @@ def test_a_job_refuses_missing_task_data_before_the_model_loads(tmp_path):
 
 
 def test_item_subset_is_fixed_and_independent_of_the_job():
-    from prune.downstream.evaluate import item_subset
+    from prune.eval.downstream.evaluate import item_subset
 
     a = item_subset("local_piqa", 1838, 300)
     assert a == item_subset("local_piqa", 1838, 300)  # no hidden state, no job seed
@@ -168,9 +168,9 @@ def test_item_record_on_a_model(data, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from prune.downstream import evaluate_tasks
-    from prune.downstream.benchmarks import ensure_benchmark_dir
-    from prune.downstream.evaluate import item_subset
+    from prune.eval.downstream import evaluate_tasks
+    from prune.eval.downstream.benchmarks import ensure_benchmark_dir
+    from prune.eval.downstream.evaluate import item_subset
 
     chars = sorted({chr(c) for c in range(32, 127)} | {"\n"})
     vocab = {"<eos>": 0, **{c: i + 1 for i, c in enumerate(chars)}, "<unk>": len(chars) + 1}
@@ -225,7 +225,7 @@ def test_a_job_scores_the_local_benchmarks_before_and_after_pruning(data, tiny_t
     are the same before and after pruning, and metrics.json keeps their per-item records."""
     pytest.importorskip("lm_eval")
     from conftest import compose_config as compose
-    from prune.downstream.evaluate import item_subset
+    from prune.eval.downstream.evaluate import item_subset
     from prune.job import run_job
 
     cfg = compose("testbed=tiny", "seq_len=64", "num_samples=8", "batch_size=2", "eval.lengths=[64]", "progress=false",

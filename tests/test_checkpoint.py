@@ -223,7 +223,7 @@ def test_reading_results_loads_no_torch_and_transformers_still_finds_the_pruned_
     import subprocess
     import sys
 
-    code = ("import sys; import prune.sweep.cli, prune.dashboard; "
+    code = ("import sys; import prune.report.cli, prune.report.dashboard; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'loaded'; "
             "from transformers import AutoConfig, AutoModelForCausalLM; "
             "from transformers.models.auto.configuration_auto import CONFIG_MAPPING; "
@@ -231,5 +231,5 @@ def test_reading_results_loads_no_torch_and_transformers_still_finds_the_pruned_
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "pruned_llama" in out.stdout and "pruned_qwen2" in out.stdout
-    help_out = subprocess.run([sys.executable, "-m", "prune.sweep", "--help"], capture_output=True, text=True, timeout=120)
+    help_out = subprocess.run([sys.executable, "-m", "prune.report", "--help"], capture_output=True, text=True, timeout=120)
     assert help_out.returncode == 0 and "sweep_dir" in help_out.stdout

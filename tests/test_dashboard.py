@@ -46,7 +46,7 @@ def _config_has(config: dict, dotted: str) -> bool:
 
 @pytest.mark.slow
 def test_dashboard_panels_read_only_logged_keys(sweep):
-    out = subprocess.run([sys.executable, "-m", "prune.dashboard", str(sweep)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "prune.report.dashboard", str(sweep)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "wandb sync" in out.stderr and "--online" in out.stderr
     data = json.loads((sweep / "dashboard.json").read_text())
@@ -77,7 +77,7 @@ def test_the_report_puts_one_shot_and_recovered_side_by_side_and_plots_the_probe
 
 
 def test_console_script_is_registered():
-    assert "prune-dashboard = prune.dashboard:main" in (REPO / "setup.cfg").read_text()
+    assert "prune-dashboard = prune.report.dashboard:main" in (REPO / "setup.cfg").read_text()
 
 
 @pytest.mark.slow

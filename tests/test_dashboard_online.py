@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-import prune.dashboard as dashboard
-import prune.dashboard_online as online
+import prune.report.dashboard as dashboard
+import prune.report.dashboard_online as online
 
 IDS = {"job_a": "aaa111", "job_b": "bbb222", None: "rep333"}
 

@@ -1,9 +1,9 @@
-"""Detection rates of a positive control (prune.sweep.detection) on hand-made per-job records."""
+"""Detection rates of a positive control (prune.report.detection) on hand-made per-job records."""
 import math
 
 import pytest
 
-from prune.sweep.detection import detection_rows, subset_rate
+from prune.report.detection import detection_rows, subset_rate
 
 
 def rec(criterion, strength, seq_len, seed, removed, ppl):
@@ -58,8 +58,8 @@ def test_the_wired_control_study_reads_as_the_huge_effect_point():
     """On the committed control_seq_len jobs: the mechanism is read from the jobs' config, the rows from plans."""
     from pathlib import Path
 
-    from prune.sweep.conditions import Sweep
-    from prune.sweep.detection import records, section
+    from prune.report.conditions import Sweep
+    from prune.report.detection import records, section
 
     sweep = Sweep(Path(__file__).resolve().parent.parent / "experiments" / "results" / "control_seq_len")
     recs, group = records(sweep)
@@ -70,7 +70,7 @@ def test_the_wired_control_study_reads_as_the_huge_effect_point():
 
 
 def test_no_section_without_a_mechanism(tmp_path):
-    from prune.sweep.detection import mechanism
+    from prune.report.detection import mechanism
 
     (tmp_path / "job" / ".hydra").mkdir(parents=True)
     (tmp_path / "job" / ".hydra" / "config.yaml").write_text("testbed:\n  training:\n    dedicated_layer: null\n")

@@ -107,7 +107,7 @@ def test_lm_eval_is_imported_lazily():
 def test_missing_lm_eval_is_one_line(monkeypatch):
     import sys
 
-    from prune.downstream import INSTALL_HINT, check_tasks
+    from prune.eval.downstream import INSTALL_HINT, check_tasks
 
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` now raises ImportError
     with pytest.raises(ValueError) as err:
@@ -118,7 +118,7 @@ def test_missing_lm_eval_is_one_line(monkeypatch):
 # ---------------------------------------------------------------------------------- with lm-eval
 def test_check_tasks_accepts_local_tasks_and_their_tag(task_dir):
     pytest.importorskip("lm_eval")
-    from prune.downstream import check_tasks
+    from prune.eval.downstream import check_tasks
 
     check_tasks(["testbed_longrange", "testbed_local"], task_dir)
     check_tasks(["prune_testbed"], str(task_dir))
@@ -129,7 +129,7 @@ def test_check_tasks_refuses_missing_local_data(task_dir, tmp_path):
     pytest.importorskip("lm_eval")
     import shutil
 
-    from prune.downstream import check_tasks
+    from prune.eval.downstream import check_tasks
 
     broken = tmp_path / "broken"
     shutil.copytree(task_dir, broken)
@@ -145,7 +145,7 @@ def test_check_tasks_refuses_unknown_and_offline_hub_tasks(task_dir):
     pytest.importorskip("lm_eval")
     import os
 
-    from prune.downstream import check_tasks
+    from prune.eval.downstream import check_tasks
 
     assert os.environ["HF_DATASETS_OFFLINE"] == "1"
     with pytest.raises(ValueError, match="nonexistent_task") as err:
@@ -160,7 +160,7 @@ def test_check_tasks_refuses_unknown_and_offline_hub_tasks(task_dir):
 def test_dataset_check_loads_metadata_only(tmp_path):
     """A data set that resolves offline (here a local folder) passes; an uncached hub one does not."""
     pytest.importorskip("lm_eval")
-    from prune.downstream import _dataset_problem
+    from prune.eval.downstream import _dataset_problem
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "test.jsonl").write_text('{"text": "a"}\n')
@@ -175,7 +175,7 @@ def test_evaluate_tasks_on_a_pruned_model(task_dir):
     pytest.importorskip("lm_eval")
     from transformers import LlamaForCausalLM
 
-    from prune.downstream import evaluate_tasks
+    from prune.eval.downstream import evaluate_tasks
     from prune.pruning import PruningPlan, apply_plan
     from prune.structure import model_shape
     from prune.testbed.build import make_tokenizer, model_config

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from prune.evaluate import effective_lengths, perplexity
+from prune.eval.perplexity import effective_lengths, perplexity
 
 
 def test_perplexity_equals_direct_token_weighted_computation():

@@ -19,7 +19,7 @@ from prune.importance import fused, mean_grad  # noqa: E402
 from prune.importance.grad_stats import LayerGradMoments, summarize_moments  # noqa: E402
 from prune.importance.gradients import gradient_pass  # noqa: E402
 from prune.importance.taylor import first_order_scores  # noqa: E402
-from prune.losses import sequence_nll  # noqa: E402
+from prune.eval.losses import sequence_nll  # noqa: E402
 from prune.structure import model_shape, projections  # noqa: E402
 
 # the stated tolerance of mean_grad=bf16_kahan: every group score within this relative error of fp32

@@ -15,7 +15,7 @@ from conftest import REPO
 from headless import drawn_subplots, render, screenshot
 from wandb_records import logged_config, records
 
-from prune.sweep.panels import PANELS
+from prune.report.panels import PANELS
 
 SWEEP = ["seq_len=128,512", "seed=0,1", "pruning.ratio=0.2,0.3", "testbed=tiny", "num_samples=8", "batch_size=4",
          "eval.lengths=[128]", "progress=false", "logger.project=test"]
@@ -129,7 +129,7 @@ def test_the_console_check_sees_a_script_error(tmp_path):
 @pytest.mark.slow
 def test_prune_dashboard_writes_the_page_for_any_sweep_folder(sweep, tmp_path):
     sweep = Path(shutil.copytree(sweep, tmp_path / "copy", ignore=shutil.ignore_patterns("wandb", "dashboard.*")))
-    out = subprocess.run([sys.executable, "-m", "prune.dashboard", str(sweep), "--plotlyjs", "plotly.min.js"],
+    out = subprocess.run([sys.executable, "-m", "prune.report.dashboard", str(sweep), "--plotlyjs", "plotly.min.js"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     page = (sweep / "dashboard.html").read_text()
@@ -144,9 +144,9 @@ STUDIES = sorted(p.parent for p in (REPO / "experiments" / "results").glob("*/ve
 @pytest.mark.parametrize("study", STUDIES, ids=[s.name for s in STUDIES])
 def test_the_committed_studies_dashboards_are_current(study):
     """``prune-dashboard experiments/results/<name> --plotlyjs ../plotly.min.js`` would write the same page."""
-    from prune.sweep.conditions import Sweep
-    from prune.sweep.html_dashboard import render
-    from prune.sweep.panels import dashboard_data
+    from prune.report.conditions import Sweep
+    from prune.report.html_dashboard import render
+    from prune.report.panels import dashboard_data
 
     verdicts = json.loads((study / "verdicts.json").read_text())["structured"]
     assert (study / "dashboard.html").read_text() == render(dashboard_data(Sweep(study), verdicts), "../plotly.min.js")

@@ -340,7 +340,7 @@ def test_token_fisher_matches_the_hand_formula_on_ordinary_text():
 
 def per_token_fisher(model, x):
     """E over every (sequence, token) of the squared gradient of that one token's loss, computed directly."""
-    from prune.losses import next_token_nll
+    from prune.eval.losses import next_token_nll
 
     params = prunable_params(model)
     acc = {id(p): torch.zeros_like(p, dtype=torch.float64) for p in params}

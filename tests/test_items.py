@@ -87,7 +87,7 @@ def _sweep(folder):
 
 
 def test_a_study_reports_item_paired_accuracy_as_holm_adjusted_secondary_rows(tmp_path):
-    from prune.sweep.report import build_report
+    from prune.report.build import build_report
 
     folder = _sweep(tmp_path / "s")
     build_report(folder, log_wandb=False)

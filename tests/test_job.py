@@ -77,7 +77,7 @@ def test_the_printed_summary_carries_the_numbers(finished):
 def test_saved_model_reproduces_the_reported_perplexity(finished):
     from prune.checkpoint import load_pruned
     from prune.data import tokenize_documents
-    from prune.evaluate import evaluate_lengths
+    from prune.eval.perplexity import evaluate_lengths
     from prune.models import TestbedModel
     from prune.data.sources import TestbedSource
     from hydra.utils import instantiate
@@ -214,7 +214,7 @@ def test_a_rerun_sets_a_finished_result_aside_and_says_what_changed(tmp_path, ca
     import logging
 
     from prune.job.naming import result_settings, set_aside_finished
-    from prune.sweep.jobs import metrics_files
+    from prune.report.jobs import metrics_files
 
     job = tmp_path / "job"
     (job / ".hydra").mkdir(parents=True)

@@ -3,8 +3,8 @@ import pytest
 import torch
 from conftest import tiny_model
 
-import prune.losses as losses
-from prune.losses import LinearNLL, next_token_nll, plain_head, sequence_nll, token_nll
+import prune.eval.losses as losses
+from prune.eval.losses import LinearNLL, next_token_nll, plain_head, sequence_nll, token_nll
 
 
 def _prunable(model):

@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from prune.probe import ProbeError, check_probe, parse_task, task_name, write_probe_dir
+from prune.eval.probe import ProbeError, check_probe, parse_task, task_name, write_probe_dir
 
 
 def _probe(**overrides):
@@ -137,7 +137,7 @@ def _truncated_longrange(source: Path, out: Path, window: int) -> Path:
 def test_probe_agrees_with_testbed_longrange_on_the_default_testbed(cache_dir, tmp_path):
     """Full context: both high; key / evidence beyond a 128-token window: both at chance (1/8)."""
     pytest.importorskip("lm_eval")
-    from prune.downstream import evaluate_tasks
+    from prune.eval.downstream import evaluate_tasks
     from prune.testbed.tasks import ensure_task_dir
 
     model_source, tok, stream = _testbed("default")

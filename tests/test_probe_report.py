@@ -40,7 +40,7 @@ def make_sweep(folder):
 
 
 def test_probe_rows_are_paired_by_item_and_ceiling_cells_are_flagged(tmp_path):
-    from prune.sweep.report import build_report
+    from prune.report.build import build_report
 
     folder = make_sweep(tmp_path / "s")
     report = build_report(folder, log_wandb=False).read_text()
@@ -62,7 +62,7 @@ def test_probe_rows_are_paired_by_item_and_ceiling_cells_are_flagged(tmp_path):
 
 
 def test_a_cell_at_chance_is_a_floor():
-    from prune.sweep.probe_items import bound
+    from prune.report.probe_items import bound
 
     assert bound({"n": 20, "choice": 0.25, "chance": 0.25}, "choice") == "floor"
     assert bound({"n": 20, "choice": 0.3, "chance": 0.25}, "choice") is None
@@ -70,7 +70,7 @@ def test_a_cell_at_chance_is_a_floor():
 
 
 def test_the_dashboard_titles_a_ceiling_cell(tmp_path):
-    from prune.dashboard import sections, sweep_facts
+    from prune.report.dashboard import sections, sweep_facts
 
     facts = sweep_facts(make_sweep(tmp_path / "s"))
     assert facts["bounds"] == {CEIL: "ceiling"}
@@ -79,7 +79,7 @@ def test_the_dashboard_titles_a_ceiling_cell(tmp_path):
 
 
 def test_a_single_cell_states_that_one_item_outweighs_the_margin(tmp_path):
-    from prune.sweep.report import build_report
+    from prune.report.build import build_report
 
     folder = make_sweep(tmp_path / "s")
     build_report(folder, log_wandb=False)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import compose_config
-from prune.probe import task_name, write_probe_dir
-from prune.probe_score import load_cells, score_item, score_probe
+from prune.eval.probe import task_name, write_probe_dir
+from prune.eval.probe_score import load_cells, score_item, score_probe
 
 
 def _probe(**overrides):
@@ -83,7 +83,7 @@ def test_passkey_items_offer_k_keys_of_as_many_digits(stories260k, tinystories_f
 def test_exact_retrieval_agrees_with_lm_evals_acc_on_every_cell(tiny_testbed, tmp_path):
     """The scorer's ``exact`` is what lm-eval's ``acc`` measures on the same items (loglikelihood, greedy)."""
     pytest.importorskip("lm_eval")
-    from prune.downstream import evaluate_tasks
+    from prune.eval.downstream import evaluate_tasks
 
     source, tok, stream = _testbed()
     folder = write_probe_dir(tmp_path, stream, tok, _probe(lengths=[256, 512], depths=[0.1, 0.9], items=8), 1024,

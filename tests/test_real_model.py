@@ -36,7 +36,7 @@ def test_strategy_on_stories260k(case, stories260k, tinystories_file, tmp_path):
     from transformers import AutoTokenizer
 
     from prune.data import TextSplitSource, evaluation_windows, tokenize_documents
-    from prune.evaluate import perplexity
+    from prune.eval.perplexity import perplexity
 
     tok = AutoTokenizer.from_pretrained(stories260k)
     stream = tokenize_documents(TextSplitSource(file=str(tinystories_file)).texts("test"), tok)

@@ -118,7 +118,7 @@ def test_job_with_lora_recovery_lowers_heldout_perplexity_and_saves_the_merged_m
     from hydra.utils import instantiate
 
     from prune.data import tokenize_documents
-    from prune.evaluate import evaluate_lengths
+    from prune.eval.perplexity import evaluate_lengths
 
     stream = tokenize_documents(instantiate(cfg.data).texts("test"), instantiate(cfg.model).tokenizer(), bos_per_document=True)
     again = evaluate_lengths(load_pruned(metrics["pruned_model_dir"]).eval(), stream, [256], 2, None, False, "check")
@@ -131,7 +131,7 @@ def test_lora_recovery_of_pruned_stories260k_lowers_heldout_loss(stories260k, ti
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from prune.data import evaluation_windows, tokenize_documents
-    from prune.evaluate import perplexity
+    from prune.eval.perplexity import perplexity
 
     tok = AutoTokenizer.from_pretrained(stories260k)
     text = tinystories_file.read_text()

@@ -117,7 +117,7 @@ class _Data:
 def test_the_dense_control_trains_once_per_key_and_leaves_the_dense_model_alone(tmp_path):
     from omegaconf import OmegaConf
 
-    from prune.evaluate import evaluate_lengths
+    from prune.eval.perplexity import evaluate_lengths
 
     dense = tiny_model("llama")
     before = fingerprint(dense)

@@ -62,7 +62,7 @@ def test_framework_perplexity_equals_plain_transformers(smollm2):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from prune.data import evaluation_windows, tokenize_documents
-    from prune.evaluate import perplexity
+    from prune.eval.perplexity import perplexity
 
     model = AutoModelForCausalLM.from_pretrained(str(smollm2), dtype=torch.float32).eval()
     stream = tokenize_documents([TEXT], AutoTokenizer.from_pretrained(str(smollm2)))
@@ -85,7 +85,7 @@ def test_a_small_job_prunes_saves_and_reloads_to_the_reported_perplexity(smollm2
 
     from prune.checkpoint import load_pruned
     from prune.data import TextSplitSource, evaluation_windows, tokenize_documents
-    from prune.evaluate import perplexity
+    from prune.eval.perplexity import perplexity
     from prune.job import run_job
 
     cfg = compose_config(

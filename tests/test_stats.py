@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from prune.stats import compare, holm, min_permutation_p, n_for_difference, n_for_equivalence, overlap_test
-from prune.verdicts import judge, margin, overlap_row, render
+from prune.report.verdicts import judge, margin, overlap_row, render
 
 LOG2 = math.log(1.02)
 
@@ -200,7 +200,7 @@ def test_unpaired_overlap_relabels_at_random():
 def test_rank_agreement_on_the_groups_that_matter_is_not_decided_by_noise_among_zeros():
     import torch
 
-    from prune.ground_truth import spearman, top_spearman, weighted_tau
+    from prune.eval.ground_truth import spearman, top_spearman, weighted_tau
 
     gen = torch.Generator().manual_seed(0)
     truth = torch.cat([torch.linspace(1.0, 0.1, 25, dtype=torch.float64), 1e-4 * torch.randn(75, generator=gen, dtype=torch.float64)])
@@ -233,7 +233,7 @@ def test_a_difference_equal_at_every_seed_up_to_rounding_is_not_tested_against_r
 def test_removed_groups_are_compared_per_band_of_layers_where_only_the_deep_band_moves():
     """The seed note: 128 tokens bias the deep layers, the shallow ones little. A setting that moves only
     the deep third's choice differs there (per-band verdict) and not in the shallow third."""
-    from prune.sweep.comparisons import in_band, layer_bands
+    from prune.report.comparisons import in_band, layer_bands
 
     assert layer_bands(30) == [(0, 9), (10, 19), (20, 29)]
     assert layer_bands(32) == [(0, 10), (11, 20), (21, 31)] and layer_bands(8) == []
@@ -257,8 +257,8 @@ def test_removed_groups_are_compared_per_band_of_layers_where_only_the_deep_band
 def test_gradient_cv_is_judged_per_band_only_at_equal_tokens_per_batch(tmp_path):
     """The note's "more stable gradients at 512": a CV verdict only where both arms put the same tokens in
     a batch (batch_size = 2048 // seq_len); at 4 x 128 vs 4 x 512 a lower CV is partly just bigger batches."""
-    from prune.sweep.comparisons import verdicts
-    from prune.sweep.conditions import Sweep
+    from prune.report.comparisons import verdicts
+    from prune.report.conditions import Sweep
 
     def write(folder, seq_len, batch_size, seed, cv):
         (tmp_path / folder / folder).mkdir(parents=True)

@@ -36,7 +36,7 @@ def make_sweep(folder, leak=0.0, study=STUDY):
 
 
 def build(folder):
-    from prune.sweep.report import build_report
+    from prune.report.build import build_report
 
     report = build_report(folder, log_wandb=False).read_text()
     return report, json.loads((folder / "verdicts.json").read_text())

@@ -104,10 +104,10 @@ def test_a_failing_job_is_recorded_and_the_report_still_comes_out(tiny_testbed, 
 def test_prune_report_rebuilds_a_report_on_demand(sweep, tmp_path):
     folder, _ = sweep
     (folder / "report.md").unlink()
-    out = subprocess.run([sys.executable, "-m", "prune.sweep", str(folder), "--no-wandb"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "prune.report", str(folder), "--no-wandb"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (folder / "report.md").exists()
-    bad = subprocess.run([sys.executable, "-m", "prune.sweep", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([sys.executable, "-m", "prune.report", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "no */metrics.json" in bad.stderr
 
 
@@ -115,7 +115,7 @@ def test_prune_report_rebuilds_a_report_on_demand(sweep, tmp_path):
 def test_an_archived_sweep_rebuilds_the_same_verdicts_from_its_compact_files(sweep, tmp_path):
     folder, _ = sweep
     dest = tmp_path / "results" / "study"
-    out = subprocess.run([sys.executable, "-m", "prune.sweep", str(folder), "--archive", str(dest)],
+    out = subprocess.run([sys.executable, "-m", "prune.report", str(folder), "--archive", str(dest)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert not list(dest.rglob("*.safetensors")) and not list(dest.rglob("wandb"))
@@ -127,7 +127,7 @@ def test_an_archived_sweep_rebuilds_the_same_verdicts_from_its_compact_files(swe
     archived = sum(f.stat().st_size for f in dest.glob("*/*.json.gz"))
     source = sum(f.stat().st_size for f in folder.glob("*/metrics.json")) + sum(f.stat().st_size for f in folder.glob("*/plan.json"))
     assert len(list(dest.glob("*/metrics.json.gz"))) == len(list(folder.glob("*/metrics.json"))) and archived < source / 4
-    from prune.sweep.jobs import load_jobs
+    from prune.report.jobs import load_jobs
 
     live, archived_jobs = load_jobs(folder)[0], load_jobs(dest)[0]
     assert [j["metrics"] for j in archived_jobs] == [j["metrics"] for j in live]
@@ -152,7 +152,7 @@ def test_an_archived_sweep_rebuilds_the_same_verdicts_from_its_compact_files(swe
     head = next(line for line in (dest / "report.md").read_text().splitlines() if " jobs: " in line)
     (dest / "zz-killed").mkdir()
     (dest / "zz-killed" / "metrics.json").write_text('{"status": "running", "output_dir": "x"}')
-    out = subprocess.run([sys.executable, "-m", "prune.sweep", str(dest), "--no-wandb"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "prune.report", str(dest), "--no-wandb"], capture_output=True, text=True, timeout=300)
     report = (dest / "report.md").read_text()
     n = len(live)
     assert f"{n + 1} jobs: {n} ok, 0 failed, 1 unfinished" in report and "## Failed jobs" not in report
@@ -233,13 +233,13 @@ def test_depth_experiment_report_has_layer_curves_and_task_accuracy(tiny_testbed
 
 
 def _job(run: dict, overrides: list[str]) -> dict:
-    from prune.sweep.jobs import override_values
+    from prune.report.jobs import override_values
 
     return {"metrics": {"run": run, "status": "ok"}, "overrides": overrides, "override_values": override_values(overrides)}
 
 
 def test_any_swept_key_separates_conditions_but_seeds_and_renames_do_not():
-    from prune.sweep.conditions import condition_of, varying_keys
+    from prune.report.conditions import condition_of, varying_keys
 
     jobs = [
         _job({"seq_len": L, "token_budget": 16384 if b == "tokens" else None, "seed": s},
@@ -271,7 +271,7 @@ def test_a_smaller_relaunch_into_the_same_folder_reports_only_its_own_jobs(sweep
 
 
 def test_seeds_are_paired_only_where_one_seed_means_the_same_text():
-    from prune.sweep.conditions import pairs_by_seed
+    from prune.report.conditions import pairs_by_seed
 
     def jobs(block=2048, budget=16384):
         return [{"metrics": {"run": {"seq_len": L, "seed": s, "calibration_block": block, "token_budget": budget}}}
@@ -291,7 +291,7 @@ def test_the_report_of_a_copied_sweep_does_not_depend_on_file_times(sweep, tmp_p
     import os
     import shutil
 
-    from prune.sweep.jobs import load_jobs
+    from prune.report.jobs import load_jobs
 
     folder = tmp_path / "copy"
     shutil.copytree(sweep[0], folder)
@@ -314,7 +314,7 @@ def test_sweep_folder_names_are_one_path_component_of_bounded_length():
 def test_a_job_folder_reads_the_same_plain_or_gzipped_and_a_live_file_wins(tmp_path):
     import gzip
 
-    from prune.sweep.jobs import metrics_files, read_metrics
+    from prune.report.jobs import metrics_files, read_metrics
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -330,7 +330,7 @@ def test_a_job_folder_reads_the_same_plain_or_gzipped_and_a_live_file_wins(tmp_p
 
 def test_compressing_committed_studies_keeps_every_value(tmp_path):
     from findings import compress
-    from prune.sweep.jobs import load_jobs
+    from prune.report.jobs import load_jobs
 
     job = tmp_path / "study" / "seed=0"
     job.mkdir(parents=True)

@@ -7,8 +7,8 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from prune.sweep.jobs import expand_sweep, launch_grid
-from prune.sweep.progress import clock, progress, progress_line, wandb_values
+from prune.report.jobs import expand_sweep, launch_grid
+from prune.report.progress import clock, progress, progress_line, wandb_values
 
 START = 1_800_000_000.0
 

@@ -276,7 +276,7 @@ def main(argv=None) -> int:
         del model
 
     if args.sweep:
-        from prune.sweep.table import time_spent
+        from prune.report.table import time_spent
 
         report.set(sweep=time_spent(args.sweep))
 

@@ -67,7 +67,7 @@ def bench_taylor_real(model, preset: dict, num_samples: int, seq_len: int, repea
 
 
 def bench_eval_real(model, preset: dict, tokens: int, repeats: int, warmup: int) -> dict:
-    from prune.evaluate import perplexity
+    from prune.eval.perplexity import perplexity
 
     out = {}
     batch = preset["eval_batch_size"]

@@ -182,7 +182,7 @@ def print_summary(data: dict) -> None:
                          + ", ".join(f"{k} {v:.1f}s" for k, v in row.items() if k != "jobs"))
     ctx = data.get("context", {})
     title = f"prune-bench ({ctx.get('preset')}, {ctx.get('device')}, {ctx.get('dtype')}, {ctx.get('torch_threads')} threads)"
-    from prune.summary import print_summary as show
+    from prune.report.terminal import print_summary as show
 
     show([(title, [("metric", "left"), ("value", "right"), ("goal", "right"), ("met", "center")], rows)], extra)
 

@@ -33,7 +33,7 @@ from prune.importance.fisher import FISHER_MODES, sequence_fisher, token_fisher
 from prune.importance.fused import resolve_backend
 from prune.importance.grad_stats import LayerGradMoments, summarize_moments
 from prune.importance.mean_grad import MeanGradStore, make_store
-from prune.losses import sequence_nll
+from prune.eval.losses import sequence_nll
 from prune.memory import release_freed_memory
 from prune.structure import GroupScores, Projection, add_channel_values, model_shape, projections
 

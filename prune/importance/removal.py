@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from prune.errors import ConfigError
-from prune.losses import next_token_nll, sequence_nll
+from prune.eval.losses import next_token_nll, sequence_nll
 from prune.structure import ATTENTION, MLP, GroupScores, decoder_layers, model_shape
 
 KINDS = ("attention_group", "mlp_channel", "layer", "attention", "mlp")

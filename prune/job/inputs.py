@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from prune.data import calibration_windows, tokenize_documents
 from prune.errors import DataError
-from prune.evaluate import effective_lengths
+from prune.eval.perplexity import effective_lengths
 from prune.importance.base import micro_batch_size
 from prune.models import max_positions, resolve_device, resolve_dtype
 from prune.structure import shape_from_config
@@ -107,16 +107,16 @@ def downstream_tasks(cfg: DictConfig, model_source, data_source=None, model_conf
     tasks = [str(t) for t in (cfg.eval.get("tasks") or [])]
     if not tasks:
         return [], []
-    from prune.downstream import check_task_settings, check_tasks
+    from prune.eval.downstream import check_task_settings, check_tasks
 
     items = dict(cfg.eval.get("tasks_items") or {})
     check_task_settings(cfg.eval.tasks_batch_size, cfg.eval.tasks_limit, items)
-    from prune.probe import check_probe, probe_task_dir, wanted
+    from prune.eval.probe import check_probe, probe_task_dir, wanted
 
     if wanted(tasks):  # its settings first: before the testbed's tasks are generated
         check_probe(cfg.eval.probe)
     task_dirs = [os.path.expanduser(str(cfg.eval.task_dir))] if cfg.eval.get("task_dir") else []
-    from prune.downstream.benchmarks import ensure_benchmark_dir
+    from prune.eval.downstream.benchmarks import ensure_benchmark_dir
 
     benchmarks = ensure_benchmark_dir(tasks, cfg.eval.get("task_data"), os.path.expanduser(cfg.cache_dir))
     if benchmarks is not None:  # the local benchmarks (eval.task_data): checked line by line, YAMLs in the cache

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prune.cache import cached, fingerprint, tensor_digest
 from prune.errors import ConfigError, DiskFullError, PruneLabError, PruningError, first_line
-from prune.evaluate import evaluate_lengths
+from prune.eval.perplexity import evaluate_lengths
 from prune.importance import Calibration, ImportanceResult
 from prune.job.checks import check_compatibility, layer_method_for, validate
 from prune.job.inputs import EvalData, announce_memory, downstream_tasks, load_data
@@ -96,7 +96,7 @@ def _sweep_progress(out: Path, group: str | None) -> dict:
     """In a multirun (the job folder sits in the sweep folder), the sweep's progress with this job counted."""
     if group is None:
         return {}
-    from prune.sweep.progress import wandb_values
+    from prune.report.progress import wandb_values
 
     try:
         return wandb_values(out.parent, finished=out.name)  # its own final metrics.json comes after the flush
@@ -194,19 +194,19 @@ def _pipeline(cfg: DictConfig, out: Path, metrics: dict, recorder: PhaseRecorder
         return cached(cfg.cache_dir, f"eval_{tag}", key, lambda: evaluate(tag))
 
     def downstream(tag: str) -> dict:
-        from prune.downstream import evaluate_tasks
+        from prune.eval.downstream import evaluate_tasks
 
         e = cfg.eval
         res = evaluate_tasks(model, data.tokenizer, tasks, e.tasks_batch_size, e.tasks_limit, None, task_dirs or None,
                              e.tasks_fewshot, items=dict(e.get("tasks_items") or {}))
         if probe_dir is not None:  # every probe item on graded measures, for a report paired by item
-            from prune.probe_score import score_probe
+            from prune.eval.probe_score import score_probe
 
             res["probe"] = score_probe(model, data.tokenizer, probe_dir, e.tasks_limit)
         return res
 
-    from prune.probe import wanted as probe_wanted
-    from prune.probe_score import VERSION as SCORE_VERSION
+    from prune.eval.probe import wanted as probe_wanted
+    from prune.eval.probe_score import VERSION as SCORE_VERSION
 
     probe_dir = (next((d for d in task_dirs if Path(d).parent.name == "probe"), None)
                  if tasks and probe_wanted(tasks) and cfg.eval.probe.get("score", True) else None)

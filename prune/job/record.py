@@ -90,7 +90,7 @@ def record(cfg, out: Path, metrics: dict, tracker, model, shape, total_before: i
         out / "plan.json",
         {**plan.to_dict(), "dense_counts": {ATTENTION: shape.group_counts(ATTENTION), MLP: shape.group_counts(MLP)}},
     )
-    from prune.plots import job_plots
+    from prune.report.job_plots import job_plots
 
     images = job_plots(out, rows, kept, result.grad_stats, run_name(cfg), metrics.get("layer_scores"))
     metrics["plots"] = images
@@ -101,7 +101,7 @@ def importance_accuracy(cfg, model, test_stream, eval_lengths, result, model_id,
     """Rank agreement of this run's group scores with the (cached) true removal effect on held-out text,
     once per ground-truth window length; the flat keys repeat the longest length's values."""
     from prune.data import evaluation_windows
-    from prune.ground_truth import importance_accuracy
+    from prune.eval.ground_truth import importance_accuracy
     from prune.importance.removal import removal_ground_truth
 
     gt = cfg.eval.ground_truth

@@ -1,8 +1,8 @@
 """What a finished job prints: PPL before and after per eval length, task accuracy, parameters removed,
-time, peak memory and achieved FLOP/s per phase (rendered by ``prune.summary``)."""
+time, peak memory and achieved FLOP/s per phase (rendered by ``prune.report.terminal``)."""
 from __future__ import annotations
 
-from prune.summary import print_summary, summary_text
+from prune.report.terminal import print_summary, summary_text
 
 
 def summary_parts(metrics: dict) -> tuple[list, list[str]]:

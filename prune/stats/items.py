@@ -1,6 +1,6 @@
 """Two arms' task accuracy compared item by item, pooled over seeds.
 
-A job keeps which items of a task it answered right (``prune.downstream.evaluate``: doc ids and a '0'/'1'
+A job keeps which items of a task it answered right (``prune.eval.downstream.evaluate``: doc ids and a '0'/'1'
 string). Every job of a study evaluates the same items (``eval.tasks_items``: a subset fixed by task, not
 by seed), so two arms can be compared on each item rather than only on their per-seed accuracies.
 

@@ -22,7 +22,7 @@ The testbed tokenizer is word-level, so choices are plain token strings and the 
 choices of an item with one forward pass (its single-token logits cache).
 
 ``write_task_dir(spec, out_dir)`` writes ``<task>.yaml`` + ``<task>.jsonl`` per task and returns the
-folder to pass to ``TaskManager(include_path=...)`` (``prune.downstream.evaluate_tasks(...,
+folder to pass to ``TaskManager(include_path=...)`` (``prune.eval.downstream.evaluate_tasks(...,
 local_task_dir=...)``); ``ensure_task_dir(spec, cache_dir)`` does it once per spec under the cache.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The probe in the report, paired by item: every job scores the same items (``prune.probe_score``), so two
+"""The probe in the report, paired by item: every job scores the same items (``prune.eval.probe_score``), so two
 arms are compared item by item (each item's score averaged over the arm's seeds), pooled over every cell
 (context length x depth), on measures that can move:
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 import statistics
 
 from prune.stats import compare
-from prune.sweep.conditions import arm_pairs
-from prune.verdicts import judge, margin
+from prune.report.conditions import arm_pairs
+from prune.report.verdicts import judge, margin
 
 MEASURES = {"choice": ("accuracy", "K-way choice accuracy"),
             "evidence": ("loglik", "needle evidence (key log-likelihood per token with minus without the needle, nats)")}
@@ -67,7 +67,7 @@ def bounds(sweep) -> dict[str, dict]:
 
 
 def verdicts(sweep) -> list[dict]:
-    """Rows (``prune.verdicts.judge``) comparing the arms item by item, pooled over cells, at each stage."""
+    """Rows (``prune.report.verdicts.judge``) comparing the arms item by item, pooled over cells, at each stage."""
     rows = []
     for label, ref, other, groups in arm_pairs(sweep):
         for stage, what in STAGES:
@@ -102,8 +102,8 @@ def lines(sweep) -> list[str]:
 
 def mark_bounds(sweep, rows: list[dict]) -> None:
     """Mark each probe accuracy row whose cell (or, for the mean over cells, every cell) has the dense model at
-    floor or ceiling: ``prune.verdicts.render`` then never calls it 'identical'."""
-    from prune.probe import parse_task
+    floor or ceiling: ``prune.report.verdicts.render`` then never calls it 'identical'."""
+    from prune.eval.probe import parse_task
 
     flagged = bounds(sweep)
     dense = next((j["metrics"].get("acc_before") for j in sweep.ok if j["metrics"].get("acc_before")), {}) or {}

@@ -1,9 +1,9 @@
 """``prune-dashboard <sweep folder>``: the sweep's offline dashboard (``dashboard.html``, see
-``prune.sweep.html_dashboard``) and its W&B workspace as code (the ``wandb-workspaces`` library).
+``prune.report.html_dashboard``) and its W&B workspace as code (the ``wandb-workspaces`` library).
 
 The panels are built from what the sweep's jobs wrote (``metrics.json``: eval lengths, tasks, recovery,
 importance accuracy), with the metric keys the jobs log to W&B (``prune.job.tracked``, ``prune.recovery``,
-``prune.tracking``): per-layer |grad| mean and std and kept fractions against ``layer``; PPL after
+``prune.report.tracking``): per-layer |grad| mean and std and kept fractions against ``layer``; PPL after
 pruning (one-shot and recovered) and task / probe accuracy; importance accuracy; the recovery loss; the
 report run's images and summary table; and a runs table (pinned columns) with time and peak memory. The
 runs are filtered to the sweep's W&B group and grouped by ``seq_len`` and every other swept key.
@@ -36,15 +36,15 @@ def _require():
 
 def _bounds(report) -> dict[str, str]:
     """Probe task -> 'ceiling' / 'floor' where the dense model sits there (exact retrieval; panel titles say so)."""
-    from prune.sweep.probe_items import bounds
+    from prune.report.probe_items import bounds
 
     return {task: f["exact"] for task, f in bounds(report).items() if "exact" in f}
 
 
 def sweep_facts(sweep_dir: Path) -> dict:
     """What the panels need to know about a sweep folder: its group, swept keys, lengths, tasks, extras."""
-    from prune.sweep.conditions import Sweep
-    from prune.sweep.jobs import logger_config
+    from prune.report.conditions import Sweep
+    from prune.report.jobs import logger_config
 
     report = Sweep(sweep_dir)
     ok = [j["metrics"] for j in report.ok]
@@ -164,8 +164,8 @@ def write_definition(sweep_dir: Path, f: dict, workspace) -> Path:
 def write_offline(sweep: Path, plotlyjs: str | None = None) -> Path:
     """``<sweep>/dashboard.html`` with the verdicts of its ``verdicts.json`` (the last report); with ``plotlyjs``,
     a path relative to the sweep folder, plotly.js is read from there (written once) instead of embedded."""
-    from prune.sweep.conditions import Sweep
-    from prune.sweep.html_dashboard import write_dashboard
+    from prune.report.conditions import Sweep
+    from prune.report.html_dashboard import write_dashboard
 
     verdicts_path = sweep / "verdicts.json"
     verdicts = json.loads(verdicts_path.read_text()).get("structured") if verdicts_path.exists() else None
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         "it, e.g. ../plotly.min.js for folders that share one copy"))
     args = parser.parse_args(argv)
     sweep = Path(args.sweep_dir)
-    from prune.sweep.jobs import has_jobs
+    from prune.report.jobs import has_jobs
 
     if not has_jobs(sweep):
         raise SystemExit(f"prune-dashboard: no */metrics.json under {sweep}: is it a sweep folder?")
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         facts["group"] = args.group
     entity, wandb_api = args.entity, None
     if online:  # before anything is written: the key, then every run of the sweep on the server
-        from prune.dashboard_online import DashboardError, api, check_credentials, check_synced
+        from prune.report.dashboard_online import DashboardError, api, check_credentials, check_synced
 
         try:
             check_credentials()
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     path = write_definition(sweep, facts, workspace)
     print(f"workspace definition written to {path} ({sum(len(i) for _, i in sections(facts))} panels)")
     if online:
-        from prune.dashboard_online import publish
+        from prune.report.dashboard_online import publish
 
         print(f"workspace saved: {publish(workspace, wandb_api)} (the view named '{workspace.name}', updated in place)")
     else:

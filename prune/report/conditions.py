@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prune.sweep.design import read_design
-from prune.sweep.jobs import load_jobs, setting
+from prune.report.design import read_design
+from prune.report.jobs import load_jobs, setting
 
 # settings that identify a condition (from metrics.json "run"), in display order
 KEYS = ("importance", "seq_len", "num_samples", "token_budget", "batch_size", "ratio", "pruning", "model", "data", "calibration_block")

@@ -36,7 +36,7 @@ import numpy as np
 from prune.errors import ProbeError  # noqa: F401  (re-exported: defined with the other refusals)
 
 TAG = "prune_passkey"
-VERSION = 2  # 2: items carry the needle-ablated context and the K candidate keys (prune.probe_score)
+VERSION = 2  # 2: items carry the needle-ablated context and the K candidate keys (prune.eval.probe_score)
 NAME = re.compile(rf"^{TAG}_L(\d+)_d(\d+)$")
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key. "
 QUESTION = " What is the pass key? The pass key is"
@@ -167,7 +167,7 @@ def write_probe_dir(out_dir, stream, tokenizer, pcfg, max_positions: int | None,
     """Write one lm-eval task (YAML + JSONL) per (length, depth) to ``out_dir`` and a ``manifest.json``."""
     import yaml
 
-    from prune.evaluate import effective_lengths
+    from prune.eval.perplexity import effective_lengths
 
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,11 @@
-"""``prune-report <sweep folder>`` (``python -m prune.sweep``): build a sweep's report by hand, or archive it."""
+"""``prune-report <sweep folder>`` (``python -m prune.report``): build a sweep's report by hand, or archive it."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from prune.sweep.jobs import has_jobs
+from prune.report.jobs import has_jobs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,12 +23,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"prune-report: error: no */metrics.json under {sweep}: is it a sweep folder?", file=sys.stderr)
         raise SystemExit(2)
     if args.archive:
-        from prune.sweep.archive import archive
+        from prune.report.archive import archive
 
         n = archive(sweep, Path(args.archive))
         print(f"archived {n} jobs to {args.archive}")
         sweep = Path(args.archive)
-    from prune.sweep.report import build_report
+    from prune.report.build import build_report
 
     shared = args.archive or (sweep.parent / "plotly.min.js").exists()  # a committed study rebuilt in place too
     plotlyjs = args.plotlyjs or ("../plotly.min.js" if shared else True)

@@ -1,6 +1,6 @@
 """The offline dashboard: one self-contained HTML file (plotly, plotly.js embedded) per sweep folder.
 
-Per-layer panels (``prune.sweep.panels``) in one figure: one line per x value (e.g. ``seq_len``) with a band
+Per-layer panels (``prune.report.panels``) in one figure: one line per x value (e.g. ``seq_len``) with a band
 of ± one standard deviation over seeds and the values on hover; a dropdown picks the combination of the
 other swept settings (ratio, method, ...); the report's verdict lines sit beside the panels, those of the
 picked combination shown. Nothing is fetched at view time: no server, no network.
@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from prune.files import write_text
-from prune.sweep.panels import dashboard_data, finite
+from prune.report.panels import dashboard_data, finite
 
 FIGURE_ID = "panels"
 COLUMNS = 3

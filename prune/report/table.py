@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prune.sweep import after
-from prune.sweep.conditions import KEYS
-from prune.sweep.jobs import job_file, load_jobs, setting
+from prune.report import after
+from prune.report.conditions import KEYS
+from prune.report.jobs import job_file, load_jobs, setting
 
 
 def summary_rows(jobs: list[dict]) -> list[dict]:

@@ -20,8 +20,8 @@ import itertools
 import math
 from pathlib import Path
 
-from prune.sweep.conditions import removed_sets
-from prune.sweep.jobs import setting
+from prune.report.conditions import removed_sets
+from prune.report.jobs import setting
 
 SHORT, LONG = 128, 512
 SUBSET_SEEDS = 6  # the seeds of a committed study

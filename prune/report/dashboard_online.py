@@ -28,7 +28,7 @@ class DashboardError(PruneLabError):
 
 
 def check_credentials() -> None:
-    from prune.tracking import has_wandb_credentials
+    from prune.report.tracking import has_wandb_credentials
 
     if not has_wandb_credentials():
         raise DashboardError("--online needs a W&B API key: set WANDB_API_KEY or run `wandb login` (nothing was written to W&B)")

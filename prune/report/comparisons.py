@@ -1,15 +1,15 @@
 """Every comparison a sweep report judges: the reference x value against each other one, within each series.
 
-Rows carry their numbers only (``prune.verdicts.judge`` / ``overlap_row``); ``prune.sweep.study`` marks
+Rows carry their numbers only (``prune.report.verdicts.judge`` / ``overlap_row``); ``prune.report.study`` marks
 the primary one, adjusts the others and words them all.
 """
 from __future__ import annotations
 
 from prune.stats import compare, compare_items, mean_sd
 from prune.stats.items import bootstrap_ci, correct_by_item
-from prune.sweep.conditions import arm_pairs, pairs_by_seed, removed_sets
-from prune.sweep.jobs import setting
-from prune.verdicts import judge, margin, overlap_row
+from prune.report.conditions import arm_pairs, pairs_by_seed, removed_sets
+from prune.report.jobs import setting
+from prune.report.verdicts import judge, margin, overlap_row
 
 
 def _arm(jobs: list[dict], value) -> dict:
@@ -53,7 +53,7 @@ def item_comparison(label, x_key, ref, other, a, b, task) -> dict | None:
 
 
 def verdicts(sweep) -> list[dict]:
-    """Every comparison of the reference x value with each other one, within each series (see prune.verdicts)."""
+    """Every comparison of the reference x value with each other one, within each series (see prune.report.verdicts)."""
     rows = []
     for label, ref, other, groups in arm_pairs(sweep):
         a, b = groups[ref], groups[other]

@@ -18,11 +18,11 @@ def archive(sweep_dir: Path, dest: Path) -> int:
 
     ``metrics.json`` and ``plan.json`` are stored gzipped (``.gz``, compact JSON: about 20x smaller than
     the indented originals, so a 160-job real-model study stays a few MB); every reader of a job folder
-    (``prune.sweep.jobs``) takes either form. The group scores (``importance.pt``) come along as
+    (``prune.report.jobs``) takes either form. The group scores (``importance.pt``) come along as
     ``scores.json.gz``."""
     import gzip
 
-    from prune.sweep.jobs import job_file, metrics_files, read_json
+    from prune.report.jobs import job_file, metrics_files, read_json
 
     dest.mkdir(parents=True, exist_ok=True)
     if (sweep_dir / "multirun.yaml").exists():

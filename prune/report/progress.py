@@ -28,7 +28,7 @@ def progress(sweep_dir: Path, now: float | None = None, finished: str | None = N
     """``done``/``total`` jobs of the latest launch, ``fresh`` (finished since it started), ``elapsed`` and
     ``eta`` seconds (None until a job of this launch finished); None without a ``multirun.yaml``. ``finished``:
     the folder of a job that has finished but not yet written its final metrics.json (the caller itself)."""
-    from prune.sweep.jobs import launch_grid, load_jobs
+    from prune.report.jobs import launch_grid, load_jobs
 
     started_file = sweep_dir / "multirun.yaml"
     if not started_file.exists():
@@ -80,7 +80,7 @@ def job_label(job_dir: Path, swept: set) -> str:
 
 def progress_line(sweep_dir: Path, job_dir: Path, now: float | None = None) -> str | None:
     """``[sweep 3/8] seq_len=512 seed=0: ok in 14s | elapsed 0:42, about 1:10 left``."""
-    from prune.sweep.jobs import read_metrics
+    from prune.report.jobs import read_metrics
 
     state = progress(sweep_dir, now)
     if state is None:

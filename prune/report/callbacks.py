@@ -16,7 +16,7 @@ def sweep_outcome(sweep_dir: Path) -> dict:
     """Jobs of the sweep's latest launch by status: ``jobs``, ``not_ok``, ``detail``, ``report``."""
     from collections import Counter
 
-    from prune.sweep.jobs import load_jobs
+    from prune.report.jobs import load_jobs
 
     jobs, _ = load_jobs(sweep_dir)
     counts = Counter(j["metrics"].get("status", "failed") for j in jobs)
@@ -45,8 +45,8 @@ class SweepReport(Callback):
     def _report(self, sweep_dir: Path) -> None:
         if not self.enabled:
             return
-        from prune.sweep.jobs import has_jobs
-        from prune.sweep.report import build_report
+        from prune.report.jobs import has_jobs
+        from prune.report.build import build_report
 
         if not has_jobs(sweep_dir):
             log.warning("no finished job under %s: no report", sweep_dir)

@@ -6,7 +6,7 @@ import os
 import random
 import time
 
-from prune.downstream.tasks import TASK_METRICS, DownstreamError, check_task_settings, resolve_tasks
+from prune.eval.downstream.tasks import TASK_METRICS, DownstreamError, check_task_settings, resolve_tasks
 
 
 @contextlib.contextmanager

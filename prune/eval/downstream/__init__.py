@@ -30,8 +30,8 @@ This project prunes whole heads and channels as LLM-Pruner does and compares aga
 lm-eval computed (``metrics``), so the Wanda or SliceGPT convention can be recomputed from ``metrics.json``;
 ``evaluate_tasks(metrics={...})`` changes the reported one.
 """
-from prune.downstream.evaluate import evaluate_tasks
-from prune.downstream.tasks import (
+from prune.eval.downstream.evaluate import evaluate_tasks
+from prune.eval.downstream.tasks import (
     INSTALL_HINT, STANDARD_TASKS, TASK_METRICS, DownstreamError, _dataset_problem, check_task_settings, check_tasks,
 )
 

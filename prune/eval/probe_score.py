@@ -1,7 +1,7 @@
 """Scoring the long-context probe item by item, on the model in memory, so that the probe can move.
 
 Exact retrieval alone (``acc`` of the lm-eval task) sits at 1 or 0 in most cells: a difference between two
-pruned models then cannot show. Every item of ``prune.probe`` is therefore also scored on three graded
+pruned models then cannot show. Every item of ``prune.eval.probe`` is therefore also scored on three graded
 measures, each with a known chance or baseline:
 
 * ``ll``: the log-likelihood of the key given the context, per key token (nats; 0 is certainty);
@@ -27,7 +27,7 @@ MEASURES = ("exact", "choice", "ll", "ll_ablated", "evidence")
 
 
 def load_cells(task_dir, limit: int | None = None) -> tuple[dict, dict[str, list[dict]]]:
-    """(manifest, task -> items) of a probe folder (``prune.probe.write_probe_dir``); at most ``limit`` items each."""
+    """(manifest, task -> items) of a probe folder (``prune.eval.probe.write_probe_dir``); at most ``limit`` items each."""
     folder = Path(task_dir)
     manifest = json.loads((folder / "manifest.json").read_text())
     cells = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from prune.sweep.conditions import LABELS
+from prune.report.conditions import LABELS
 
 # (by_layer field, panel title, y axis label): the W&B workspace's per-layer panels, one field each
 PANELS = (
@@ -30,7 +30,7 @@ PANELS = (
 
 
 def wandb_key(field: str) -> str:
-    """The W&B history key a ``by_layer`` field is logged under (``prune.tracking.WandbTracker.log_by_layer``)."""
+    """The W&B history key a ``by_layer`` field is logged under (``prune.report.tracking.WandbTracker.log_by_layer``)."""
     return f"by_layer/{field}"
 
 

@@ -28,7 +28,7 @@ TASK_METRICS: dict[str, str] = {
     "rte": "acc",  # Wanda's set
     "testbed_longrange": "acc",  # prune.testbed.tasks: one-token choices, acc_norm adds nothing
     "testbed_local": "acc",
-    "local_lambada_openai": "acc",  # prune.downstream.benchmarks: LAMBADA also reports the target's perplexity
+    "local_lambada_openai": "acc",  # prune.eval.downstream.benchmarks: LAMBADA also reports the target's perplexity
     "local_arc_easy": "acc",  # as arc_easy and piqa above; acc_norm is kept in "metrics" and per item
     "local_piqa": "acc",
     "local_blimp": "acc",

@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 
 from prune.stats import mean_sd
-from prune.sweep.after import AFTER_METRICS
-from prune.sweep.conditions import KEYS
+from prune.report.after import AFTER_METRICS
+from prune.report.conditions import KEYS
 
 UNFINISHED = ("running", "interrupted")  # not failures: a rerun of the sweep resumes them
 

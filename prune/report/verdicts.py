@@ -18,7 +18,7 @@ the reference arm): 0.8 % between arms when pruning costs 1.1 % is a large effec
 means, spread, the 90 % CI, p and the TOST p, so it never says more than its numbers.
 
 ``judge`` / ``overlap_row`` compute a verdict's numbers; ``render`` words it once the study has marked it
-primary or secondary and adjusted its p (``prune.sweep.study``).
+primary or secondary and adjusted its p (``prune.report.study``).
 """
 from __future__ import annotations
 

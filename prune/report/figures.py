@@ -14,8 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from prune.stats import jaccard, mean_sd  # noqa: E402
-from prune.sweep.conditions import LABELS, removed_sets  # noqa: E402
-from prune.sweep.jobs import setting  # noqa: E402
+from prune.report.conditions import LABELS, removed_sets  # noqa: E402
+from prune.report.jobs import setting  # noqa: E402
 
 
 def _xs(values: list) -> tuple[list, bool]:

@@ -1,6 +1,6 @@
 """A sweep's verdicts as one study: the primary endpoint, Holm within the study, the negative control.
 
-* **Primary endpoint** (``study.primary``, declared before the study runs; ``prune.sweep.design``): the
+* **Primary endpoint** (``study.primary``, declared before the study runs; ``prune.report.design``): the
   one comparison tested at alpha as is, and quoted first by the report and the README findings.
 * **Secondary** comparisons: every other one. Their p values are Holm-adjusted within the study, the
   difference tests as one family and the equivalence (TOST) p values as another; a row whose test
@@ -14,8 +14,8 @@
 from __future__ import annotations
 
 from prune.stats import holm
-from prune.sweep.jobs import setting
-from prune.verdicts import render, testable
+from prune.report.jobs import setting
+from prune.report.verdicts import render, testable
 
 CALIBRATION_AXES = ("seq_len", "num_samples", "token_budget", "budget", "calibration_block", "lengths.taylor")
 CONTROL_OK = ("identical", "no_difference")

@@ -5,14 +5,14 @@ import json
 from pathlib import Path
 
 from prune.files import write_text
-from prune.sweep import after, detection, figures, probe_items
-from prune.sweep.comparisons import verdicts as comparisons
-from prune.sweep.conditions import Sweep
-from prune.sweep.html_dashboard import write_dashboard
-from prune.sweep.jobs import logger_config
-from prune.sweep.markdown import markdown
-from prune.sweep.study import finalize
-from prune.sweep.table import summary_rows, write_tables
+from prune.report import after, detection, figures, probe_items
+from prune.report.comparisons import verdicts as comparisons
+from prune.report.conditions import Sweep
+from prune.report.html_dashboard import write_dashboard
+from prune.report.jobs import logger_config
+from prune.report.markdown import markdown
+from prune.report.study import finalize
+from prune.report.table import summary_rows, write_tables
 
 
 class Report(Sweep):
@@ -43,7 +43,7 @@ class Report(Sweep):
         logger_cfg = logger_config(self.dir, self.jobs)
         if not logger_cfg or "WandbTracker" not in str(logger_cfg.get("_target_", "")):
             return
-        from prune.tracking import WandbTracker
+        from prune.report.tracking import WandbTracker
 
         fields = {k: v for k, v in logger_cfg.items() if k in ("project", "entity", "mode", "tags", "group")}
         tracker = WandbTracker(**fields)

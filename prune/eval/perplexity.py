@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from prune.data.windows import evaluation_windows
-from prune.losses import token_nll
+from prune.eval.losses import token_nll
 
 
 @torch.no_grad()

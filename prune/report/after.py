@@ -1,8 +1,8 @@
 """The sweep report's part on what comes after one-shot pruning: recovery and the long-context probe.
 
-Called by ``prune.sweep.report.Report.build``: extra summary columns (``ppl_recovered_<L>``,
+Called by ``prune.report.build.Report.build``: extra summary columns (``ppl_recovered_<L>``,
 ``acc_recovered_<task>``), verdicts for the one-shot and the recovered model side by side (the rules of
-``prune.verdicts``: paired or Welch test, 90 % CI and equivalence test), and ``probe.png``: exact-retrieval
+``prune.report.verdicts``: paired or Welch test, 90 % CI and equivalence test), and ``probe.png``: exact-retrieval
 accuracy of the probe against context length and against depth, per calibration ``seq_len``, before
 pruning, after pruning and after recovery.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import statistics
 
-from prune.probe import parse_task
-from prune.sweep.comparisons import comparison
-from prune.sweep.conditions import pairs_by_seed
-from prune.sweep.jobs import setting
+from prune.eval.probe import parse_task
+from prune.report.comparisons import comparison
+from prune.report.conditions import pairs_by_seed
+from prune.report.jobs import setting
 
 AFTER_METRICS = ("ppl_recovered", "probe", "probe_items")  # the rows this section shows (the report's main list leaves them out)
 STAGES = (("acc_before", "before pruning"), ("acc_after", "after pruning"), ("acc_recovered", "after recovery"))
@@ -177,7 +177,7 @@ def section(sweep, rows: list[dict]) -> str:
         methods = sorted({(j["metrics"].get("recovery") or {}).get("method", "?") for j in sweep.ok})
         text += [f"Recovery ({', '.join(methods)}): does each difference between {sweep.x_key} values survive it?", "",
                  _table(sweep), ""] + control_lines(sweep, rows) + [""]
-    from prune.sweep.probe_items import lines as bound_lines
+    from prune.report.probe_items import lines as bound_lines
 
     text += [v["text"] for v in rows if v.get("metric") in AFTER_METRICS] or ["- nothing to compare (a single condition)."]
     text += [""] + bound_lines(sweep)

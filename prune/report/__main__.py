@@ -1,0 +1,3 @@
+from prune.report.cli import main
+
+main()

@@ -1,3 +1,0 @@
-from prune.sweep.cli import main
-
-main()
