@@ -243,6 +243,7 @@ def test_the_table_holds_at_least_40_kinds_of_bad_input():
     (["importance.fisher=wrong"], ("prune-run: error: ", "importance.fisher=wrong")),
     (["model.device=nonsense"], "model.device=nonsense"),
 ], ids=["unknown-key", "wrong-type", "not-a-choice", "device"])
+@pytest.mark.slow
 def test_the_console_command_refuses_in_one_line(overrides, names, tmp_path):
     out = subprocess.run([sys.executable, "-m", "prune.run", *BASE, *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -297,6 +298,7 @@ def test_ctrl_c_exits_130_and_records_interrupted_without_a_traceback(monkeypatc
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_a_sweep_with_refused_jobs_exits_non_zero_after_its_report(no_model, tmp_path):
     sweep = tmp_path / "sweep"
     code, err = run_main(["-m", *BASE, "pruning.ratio=1.5,2.0", f"hydra.sweep.dir={sweep}"], tmp_path / "unused")

@@ -24,6 +24,7 @@ def quick(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_quick_json_has_every_ratio_and_context(quick):
     assert quick["complete"] is True
     for key in bench.RESULT_KEYS:
@@ -106,6 +107,7 @@ def _batches_seen(model, fn):
     return seen
 
 
+@pytest.mark.slow
 def test_bare_baseline_and_gradient_pass_see_the_same_batches(small_model):
     windows = bench.random_windows(6, 16, bench.QUICK_SHAPE.vocab, seed=3)
     seen = {kind: _batches_seen(small_model, lambda kind=kind: bench.run_pass(kind, small_model, windows, 2))
@@ -154,6 +156,7 @@ def test_sweep_read_back(tmp_path):
     assert all(data[key] is None for key in bench.RESULT_KEYS)
 
 
+@pytest.mark.slow
 def test_static_cache_decode_makes_the_tokens_of_generate(small_model):
     from prune.bench.speed import StaticDecoder, hf_generate, magnitude_scores, prune_copy
 

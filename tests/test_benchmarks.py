@@ -124,6 +124,7 @@ def test_missing_folder_or_file_is_refused(tmp_path):
         check_task_data(["local_blimp"], tmp_path)
 
 
+@pytest.mark.slow
 def test_a_job_refuses_missing_task_data_before_the_model_loads(tmp_path):
     """prune-run with the data folder missing: exit 2, one line, no model work."""
     import subprocess

@@ -41,6 +41,7 @@ def test_save_then_load_gives_identical_logits(arch, tmp_path):
         assert (after - before).abs().max().item() == 0.0
 
 
+@pytest.mark.slow
 def test_remote_code_loading_without_prune_lab(tmp_path):
     """The modeling file travels in the folder: plain transformers + trust_remote_code rebuilds it."""
     model = _pruned("llama")
@@ -99,6 +100,7 @@ def _uniform(arch):
     return apply_plan(model, plan)
 
 
+@pytest.mark.slow
 def test_uniform_widths_save_a_standard_config_that_plain_transformers_loads(tmp_path, caplog):
     """No prune, no trust_remote_code, a fresh interpreter: the standard class of the source family gives
     identical logits, for every supported family."""
@@ -150,6 +152,7 @@ print(type(m).__name__)
 
 @pytest.mark.parametrize("overrides", [["pruning=uniform"], ["pruning=global", "pruning.uniform_widths=true"]],
                          ids=["uniform", "global-uniform_widths"])
+@pytest.mark.slow
 def test_a_job_with_uniform_widths_saves_a_model_plain_transformers_loads(tiny_testbed, tmp_path, overrides):
     from conftest import compose_config
 
@@ -217,6 +220,7 @@ def test_uniform_widths_the_family_config_refuses_save_in_the_pruned_format_and_
         assert torch.equal(reloaded(input_ids=X).logits, before)
 
 
+@pytest.mark.slow
 def test_reading_results_loads_no_torch_and_transformers_still_finds_the_pruned_types():
     """`prune-report` / `prune-dashboard` read JSON: importing them must not load torch (seconds of start-up
     on a login node); `import prune` then transformers still registers the pruned model types."""

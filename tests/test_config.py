@@ -121,6 +121,7 @@ def _cli(*args, cwd=REPO):
     return subprocess.run([sys.executable, "-m", "prune.run", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_cfg_job_prints_the_resolved_config():
     out = _cli("--cfg", "job", "--resolve", "seq_len=256", "importance=taylor_1st")
     assert out.returncode == 0, out.stderr
@@ -128,6 +129,7 @@ def test_cfg_job_prints_the_resolved_config():
     assert cfg.lengths.taylor == 256 and cfg.importance.order == 1
 
 
+@pytest.mark.slow
 def test_cfg_job_shows_the_layer_importance_settings_and_they_override():
     out = _cli("--cfg", "job", "pruning=layer_weighted", "pruning.layer_importance.prefix_cache=false")
     assert out.returncode == 0, out.stderr
@@ -138,12 +140,14 @@ def test_cfg_job_shows_the_layer_importance_settings_and_they_override():
     assert OmegaConf.create(out.stdout).pruning.layer_importance._target_ == "prune.importance.activations.Angular"
 
 
+@pytest.mark.slow
 def test_unknown_method_is_refused_by_hydra_in_one_line():
     out = _cli("importance=taylor_3rd")
     assert out.returncode == 2
     assert "importance/taylor_3rd" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_unsupported_architecture_is_refused_before_loading_weights(tmp_path):
     from transformers import GPT2Config
 
@@ -153,6 +157,7 @@ def test_unsupported_architecture_is_refused_before_loading_weights(tmp_path):
     assert "model type 'gpt2' is not supported" in out.stderr
 
 
+@pytest.mark.slow
 def test_seq_len_above_max_positions_is_refused_before_any_work():
     out = _cli("testbed=tiny", "seq_len=4096", "logger=none")
     assert out.returncode == 2

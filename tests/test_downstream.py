@@ -141,6 +141,7 @@ def test_check_tasks_refuses_missing_local_data(task_dir, tmp_path):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_check_tasks_refuses_unknown_and_offline_hub_tasks(task_dir):
     pytest.importorskip("lm_eval")
     import os

@@ -32,6 +32,7 @@ def test_eval_lengths_are_capped_at_max_positions():
     assert effective_lengths([128, 2048], 1024) == [128, 1024]
 
 
+@pytest.mark.slow
 def test_stories260k_perplexity_matches_the_published_measurement(stories260k, tinystories_file):
     """One BOS, non-overlapping windows, mean next-token loss: the shared README reports 1.680 / 1.619."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

