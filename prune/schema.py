@@ -6,6 +6,9 @@ and their comments stay in the YAML files; here are the types, the choices, the 
 and the range each number must lie in (``check=`` in a field's metadata; ``preflight.check_ranges`` reads
 it, since a type cannot say "positive"). Cross-setting checks live with the code that needs them.
 
+The importance methods' and pruning strategies' settings are declared in ``prune.settings`` (defaults
+included: their YAML options set only what differs); the other groups keep their values in YAML.
+
 Where the schemas attach: ``config.yaml`` starts with ``base_config``; every option of ``importance``,
 ``pruning`` (and ``pruning/layer_importance``), ``model``, ``testbed``, ``data``, ``recovery`` and ``logger``
 starts with its group's ``schema/<kind>@_here_`` (directly or through a shared ``base/<kind>`` file). The
@@ -14,27 +17,19 @@ the choices, checks and ``setting()`` both use are in ``prune.schema_base``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from prune.importance.gradients import FISHER_MODES
-from prune.importance.mean_grad import MEAN_GRAD_CHOICES
-from prune.importance.taylor import GRANULARITIES
-from prune.pruning.strategies import NORMALIZATIONS
+from prune import settings as S
 from prune.schema_base import CHECKS, Choice, Instantiated, choice, setting  # noqa: F401  (CHECKS, Choice: re-exported)
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # package data: installed with prune, not beside it
 
 
-Fisher = choice("Fisher", FISHER_MODES)
-MeanGrad = choice("MeanGrad", MEAN_GRAD_CHOICES)
-Granularity = choice("Granularity", GRANULARITIES)
-Normalize = choice("Normalize", NORMALIZATIONS)
-Unit = choice("Unit", ("layer", "block"))
 ProbeFormat = choice("ProbeFormat", ("auto", "passkey", "testbed"))
 
 # objective: the metrics.json keys a sweep can minimise or maximise, and what names their entries
@@ -53,14 +48,15 @@ class Lengths:
 
 @dataclass
 class Probe:
+    """The long-context probe's settings; ``prune.eval.probe.check_probe`` reads these checks too."""
     format: ProbeFormat = setting()
-    lengths: List[int] = setting("lengths")
-    depths: List[float] = setting()
+    lengths: List[int] = setting("lengths>=16")
+    depths: List[float] = setting("fractions[0,1]")
     items: int = setting("int>0")
     digits: int = setting("int>0")
     choices: int = setting("int>=2")
     seed: int = setting()
-    window: Optional[int] = setting("int>0")
+    window: Optional[int] = setting("int>=8")
     score: bool = setting()
 
 
@@ -136,76 +132,28 @@ class Config:
     cache_dir: str = setting()
 
 
-# ----------------------------------------------------------------------------- importance methods
+# ------------------------------------------------------------ importance methods, pruning strategies
+# Their settings (defaults, types, words, ranges) are declared once, in ``prune.settings``, and inherited by
+# the classes that implement them; a node adds what Hydra needs: the class to build and the option's name.
 @dataclass
 class Method(Instantiated):
     """Every importance method; the base of those with settings."""
 
 
-@dataclass
-class Taylor(Method):
-    order: int = setting("1|2")
-    granularity: Granularity = setting()
-    fisher: Fisher = setting()
-    gradient_checkpointing: bool = setting()
-    micro_batch_size: Optional[int] = setting("int>0")
-    fused: Union[bool, str] = setting()  # auto | true | false: the class checks the word
-    mean_grad: MeanGrad = setting()
+def node(settings: type, base: type = Instantiated, *extra: tuple) -> type:
+    """The ConfigStore node of an option: its settings dataclass plus ``_target_`` and ``name`` (``base``)."""
+    return make_dataclass(settings.__name__.removesuffix("Settings"), [*extra], bases=(base, settings))
 
 
-@dataclass
-class Removal(Method):
-    prefix_cache: bool = setting()
-
-
-@dataclass
-class GroupRemoval(Removal):
-    mlp_sample: Optional[int] = setting("int>0")
-
-
-# ---------------------------------------------------------------------------- pruning strategies
-@dataclass
-class Strategy(Instantiated):
-    ratio: float = setting("fraction(0,1)")
-    keep_first: int = setting("int>=0")
-    keep_last: int = setting("int>=0")
-
-
-@dataclass
-class Width(Strategy):
-    min_attention_groups: int = setting("int>=0")
-    min_mlp_channels: int = setting("int>=0")
-    max_layer_fraction: float = setting("fraction(0,1]")
-    width_multiple: int = setting("int>0")
-
-
-@dataclass
-class Ranked(Width):
-    normalize: Normalize = setting()
-
-
-@dataclass
-class Global(Ranked):
-    uniform_widths: bool = setting()
-
-
-@dataclass
-class Depth(Strategy):
-    unit: Unit = setting()
-
-
-@dataclass
-class LayerWeighted(Width):
-    layer_importance: Method = MISSING  # the pruning/layer_importance group: any importance method
-    strength: float = setting(">=0")
-    eps: float = setting(">=0")
-
-
-@dataclass
-class Hybrid(Ranked):
-    unit: Unit = setting()
-    layer_importance: Method = MISSING
-    depth_share: float = setting("fraction[0,1]")
+Taylor = node(S.TaylorSettings, Method)
+Removal = node(S.RemovalSettings, Method)
+GroupRemoval = node(S.GroupRemovalSettings, Removal)
+LAYER_IMPORTANCE = ("layer_importance", Method, field(default=MISSING))  # the pruning/layer_importance group
+Width = node(S.WidthSettings)
+Global = node(S.GlobalSettings)
+Depth = node(S.DepthSettings)
+LayerWeighted = node(S.LayerWeightedSettings, Instantiated, LAYER_IMPORTANCE)
+Hybrid = node(S.HybridSettings, Instantiated, LAYER_IMPORTANCE)
 
 
 def register() -> None:

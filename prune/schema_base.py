@@ -26,6 +26,10 @@ def choice(name: str, values) -> type[Choice]:
     return Choice(name, {v: v for v in values})
 
 
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 # check name -> (test on a value of the right type, what the value must be); None always passes
 CHECKS = {
     "int>0": (lambda v: v > 0, "a positive integer"),
@@ -39,6 +43,11 @@ CHECKS = {
     "fraction(0,1]": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "fraction[0,1]": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "fraction[0,1)": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "int>=8": (lambda v: _int(v) and v >= 8, "an integer >= 8"),
+    "lengths>=16": (lambda v: len(v) > 0 and all(_int(x) and x >= 16 for x in v),
+                    "a non-empty list of integers >= 16, e.g. [1024,4096]"),
+    "fractions[0,1]": (lambda v: len(v) > 0 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1
+                                                   for x in v), "a non-empty list of fractions in [0, 1]"),
     ">=0": (lambda v: v >= 0, "a number >= 0"),
     ">0": (lambda v: v > 0, "a positive number"),
 }

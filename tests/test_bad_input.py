@@ -162,9 +162,9 @@ TABLE = [
     ("recovery-seq_len", ["recovery=full", "recovery.seq_len=4096"], "recovery.seq_len=4096 exceeds the model's max_position_embeddings (1024)"),
     ("recovery-text", ["recovery=full", "recovery.seq_len=200", *SMALL_TEXT], "tokens, too few for recovery.seq_len=200"),
     # the long-context probe (checked when it is asked for, before any task is generated)
-    ("probe-lengths", ["eval.tasks=[prune_passkey]", "eval.probe.lengths=[8]"], "eval.probe.lengths=[8] must be integers >= 16"),
+    ("probe-lengths", ["eval.tasks=[prune_passkey]", "eval.probe.lengths=[8]"], "eval.probe.lengths=[8] must be a non-empty list of integers >= 16"),
     ("probe-window", ["eval.tasks=[prune_passkey]", "eval.probe.window=4"], "eval.probe.window=4 must be an integer >= 8 or null"),
-    ("probe-depths", ["eval.tasks=[prune_passkey]", "eval.probe.depths=[1.5]"], "eval.probe.depths=[1.5] must be fractions in [0, 1]"),
+    ("probe-depths", ["eval.tasks=[prune_passkey]", "eval.probe.depths=[1.5]"], "eval.probe.depths=[1.5] must be a non-empty list of fractions in [0, 1]"),
     ("probe-format", ["eval.tasks=[prune_passkey]", "eval.probe.format=needle"], "eval.probe.format=needle"),
     # against the model's config (no weights), and the data (no model)
     ("seq_len-above-max-positions", ["seq_len=4096"], "exceeds the model's max_position_embeddings (1024)"),

@@ -87,7 +87,7 @@ def test_settings_that_do_not_fit_together_are_refused_in_one_line(overrides, me
     (["batch_size=0"], "batch_size=0 must be a positive integer"),
     (["eval.max_tokens=0"], "eval.max_tokens=0 must be a positive integer or null"),
     (["pruning=hybrid", "pruning.depth_share=1.5"], "pruning.depth_share=1.5 must be a number in [0, 1]"),
-    (["eval.probe.lengths=[1]"], "eval.probe.lengths=[1] must be a non-empty list of integers >= 2, e.g. [128,512]"),
+    (["eval.probe.lengths=[1]"], "eval.probe.lengths=[1] must be a non-empty list of integers >= 16, e.g. [1024,4096]"),
 ])
 def test_ranges_the_schema_names_are_checked_before_any_work(overrides, message):
     from prune.preflight import check_ranges

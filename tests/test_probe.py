@@ -7,6 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose_config
+from prune.errors import ConfigError
 from prune.eval.probe import ProbeError, check_probe, parse_task, task_name, write_probe_dir
 
 
@@ -113,8 +114,8 @@ def test_a_bad_probe_setting_stops_the_job_before_the_model_loads(tmp_path):
 
     cfg = compose_config("testbed=tiny", "seq_len=64", "num_samples=8", "batch_size=2", "eval.lengths=[64]", "logger=none",
                          "progress=false", "eval.tasks=[prune_passkey]", "eval.probe.depths=[2]")
-    with pytest.raises(ProbeError, match="depths"):
-        run_job(cfg, tmp_path)
+    with pytest.raises(ConfigError, match=r"eval.probe.depths=\[2.0\] must be a non-empty list of fractions"):
+        run_job(cfg, tmp_path)  # by the range its schema declares, the same check check_probe applies
     assert "load_model" not in json.loads((tmp_path / "metrics.json").read_text())["timings"]
 
 

@@ -57,22 +57,22 @@ def wanted(tasks) -> bool:
 
 
 def check_probe(pcfg) -> None:
-    lengths, depths = list(pcfg.lengths or []), list(pcfg.depths or [])
-    if not lengths or any(isinstance(v, bool) or not isinstance(v, int) or v < 16 for v in lengths):
-        raise ProbeError(f"eval.probe.lengths={lengths} must be integers >= 16")
-    if not depths or any(not isinstance(d, (int, float)) or not 0 <= d <= 1 for d in depths):
-        raise ProbeError(f"eval.probe.depths={depths} must be fractions in [0, 1]")
-    for key in ("items", "digits", "choices"):
-        value = pcfg.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ProbeError(f"eval.probe.{key}={value} must be a positive integer")
-    if pcfg.get("format", "auto") not in ("auto", "passkey", "testbed"):
-        raise ProbeError(f"eval.probe.format={pcfg.get('format')} is unknown: choose auto, passkey, testbed")
-    window = pcfg.get("window")
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 8):
-        raise ProbeError(f"eval.probe.window={window} must be an integer >= 8 or null")
-    if int(pcfg.get("choices", 4)) < 2:
-        raise ProbeError(f"eval.probe.choices={pcfg.get('choices')} must be at least 2 (chance = 1 / choices)")
+    """Refuse a probe setting in one line, by the checks its schema declares (``prune.schema.Probe``): the same
+    words whether the settings come from a config (``preflight``) or from a script."""
+    from dataclasses import fields
+
+    from prune.schema import Probe
+    from prune.settings import problem
+
+    for f in fields(Probe):
+        if f.name in pcfg and (why := problem(Probe, f.name, _plain(pcfg.get(f.name)))):
+            raise ProbeError(f"eval.probe.{f.name}={_plain(pcfg.get(f.name))} {why}")
+
+
+def _plain(value):
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 class _Format:

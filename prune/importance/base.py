@@ -14,6 +14,7 @@ from torch import nn
 
 from prune.errors import ConfigError
 from prune.structure import GroupScores
+from prune.settings import validate
 
 REGISTRY: dict[str, tuple[type["ImportanceMethod"], dict]] = {}
 
@@ -84,6 +85,9 @@ class ImportanceMethod:
     # model passes over the calibration windows, in forward-pass FLOPs (a backward counts two); None: no
     # fixed number (no data, or as many passes as units removed)
     passes: ClassVar[float | None] = None
+
+    def __post_init__(self):
+        validate(self, "importance")  # the settings declared in prune.settings: their words and ranges
 
     def score(self, model: nn.Module, calibration: Calibration) -> ImportanceResult:
         raise NotImplementedError

@@ -19,15 +19,15 @@ from torch import nn
 
 from prune.importance.base import Calibration, ImportanceMethod, ImportanceResult, register
 from prune.importance.removal import Unit, removal_ground_truth, removal_losses
+from prune.settings import GroupRemovalSettings, RemovalSettings
 from prune.structure import ATTENTION, MLP, GroupScores, model_shape
 
 
 @register("layer")
 @dataclass
-class LayerRemoval(ImportanceMethod):
+class LayerRemoval(RemovalSettings, ImportanceMethod):
     uses: ClassVar[str | None] = "layer"
     provides: ClassVar[str] = "layers"
-    prefix_cache: bool = True
 
     def score(self, model: nn.Module, calibration: Calibration) -> ImportanceResult:
         n = len(model_shape(model).layers)
@@ -38,10 +38,9 @@ class LayerRemoval(ImportanceMethod):
 
 @register("block")
 @dataclass
-class BlockRemoval(ImportanceMethod):
+class BlockRemoval(RemovalSettings, ImportanceMethod):
     uses: ClassVar[str | None] = "block"
     provides: ClassVar[str] = "layers"
-    prefix_cache: bool = True
 
     def score(self, model: nn.Module, calibration: Calibration) -> ImportanceResult:
         shape = model_shape(model)
@@ -55,10 +54,7 @@ class BlockRemoval(ImportanceMethod):
 
 @register("removal")
 @dataclass
-class GroupRemoval(ImportanceMethod):
-    mlp_sample: int | None = None
-    prefix_cache: bool = True
-
+class GroupRemoval(GroupRemovalSettings, ImportanceMethod):
     def score(self, model: nn.Module, calibration: Calibration) -> ImportanceResult:
         truth = removal_ground_truth(model, calibration.get(self.uses), self.mlp_sample, calibration.seed,
                                      calibration.batch_size, calibration.progress, self.prefix_cache)

@@ -40,9 +40,8 @@ an underestimate. ``tests/test_importance.py`` measures both cases on a tiny mod
 """
 from __future__ import annotations
 
+from prune.settings import FISHER_MODES  # noqa: F401  (re-exported: declared with importance.fisher)
 from prune.structure import GroupScores
-
-FISHER_MODES = ("sample", "exact", "batch", "token")
 
 
 def sequence_fisher(mean_batch_sq: GroupScores, g_sq: GroupScores, S: int, B: int) -> GroupScores:

@@ -29,8 +29,8 @@ import torch
 
 from prune.errors import ConfigError
 from prune.importance.fused import BatchReduction, kahan_value, reduce_grad
+from prune.settings import MEAN_GRAD_CHOICES  # declared with importance.mean_grad
 
-MEAN_GRAD_CHOICES = ("fp32", "bf16_kahan", "cpu")
 DEVICE_BYTES_PER_WEIGHT = {"fp32": 4, "bf16_kahan": 3, "cpu": 0}
 HOST_BYTES_PER_WEIGHT = {"fp32": 0, "bf16_kahan": 0, "cpu": 4}
 STAGING_SLOTS = 4

@@ -16,15 +16,11 @@ from typing import ClassVar
 
 from torch import nn
 
-from prune.errors import ConfigError
 from prune.importance.base import Calibration, ImportanceMethod, ImportanceResult, register
 from prune.importance.fused import normalise_setting
-from prune.importance.fisher import FISHER_MODES
 from prune.importance.gradients import GradientPass, gradient_pass
-from prune.importance.mean_grad import check_choice
+from prune.settings import GRANULARITIES, TaylorSettings
 from prune.structure import GroupScores, reduce_to_groups
-
-GRANULARITIES = ("element", "vector")
 
 
 def first_order_scores(model: nn.Module, grads: GradientPass, granularity: str = "element") -> GroupScores:
@@ -42,25 +38,14 @@ def first_order_scores(model: nn.Module, grads: GradientPass, granularity: str =
 @register("taylor_1st", order=1)
 @register("taylor_2nd", order=2)
 @dataclass
-class Taylor(ImportanceMethod):
+class Taylor(TaylorSettings, ImportanceMethod):
+    """Settings (order, granularity, fisher, ...): ``prune.settings.TaylorSettings``."""
+
     passes: ClassVar[float | None] = 3.0  # forward + backward (recomputation under checkpointing not counted)
-    order: int = 2
-    granularity: str = "element"
-    fisher: str = "token"
-    gradient_checkpointing: bool = False
-    micro_batch_size: int | None = None
-    fused: str | bool = "auto"  # one pass per gradient: auto (Triton on CUDA) | true | false (torch reference)
-    mean_grad: str = "fp32"  # where G lives: fp32 | bf16_kahan | cpu (host, pinned)
 
     def __post_init__(self):
-        if self.order not in (1, 2):
-            raise ConfigError(f"importance.order must be 1 or 2, got {self.order}")
-        if self.granularity not in GRANULARITIES:
-            raise ConfigError(f"importance.granularity={self.granularity} is unknown: choose one of {', '.join(GRANULARITIES)}")
-        if self.fisher not in FISHER_MODES:
-            raise ConfigError(f"importance.fisher={self.fisher} is unknown: choose one of {', '.join(FISHER_MODES)}")
+        super().__post_init__()
         self.fused = normalise_setting(self.fused)
-        check_choice(self.mean_grad)
 
     def score(self, model: nn.Module, calibration: Calibration) -> ImportanceResult:
         grads = gradient_pass(

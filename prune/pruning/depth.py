@@ -10,27 +10,23 @@ import torch
 from prune.errors import PruningError
 from prune.pruning.plan import PruningPlan
 from prune.pruning.strategies import BLOCKS, Strategy, normalize_per_layer
+from prune.settings import DepthSettings, HybridSettings, LayerWeightedSettings
 from prune.structure import ATTENTION, MLP, GroupScores, ModelShape
 
 
 @dataclass
-class Depth(Strategy):
+class Depth(DepthSettings, Strategy):
     """Remove whole layers (``unit=layer``) or attention / MLP blocks (``unit=block``), least important first.
 
     Scores come from ``importance=layer|block|angular|block_influence``; units are removed in ascending
     score until ``ratio`` of the prunable parameters is gone.
     """
 
-    unit: str = "layer"
     name: str = "depth"
     needs_groups = False
     needs_layers = True
 
     def check(self, shape: ModelShape) -> None:
-        if not 0 < self.ratio < 1:
-            raise PruningError(f"pruning.ratio={self.ratio} must lie strictly between 0 and 1")
-        if self.unit not in ("layer", "block"):
-            raise PruningError(f"pruning.unit={self.unit} must be 'layer' or 'block'")
         n = len(shape.layers)
         free = [i for i in range(n) if i not in self.protected(n)]
         target = self.ratio * shape.prunable_params
@@ -79,7 +75,7 @@ class Depth(Strategy):
 
 
 @dataclass
-class LayerWeighted(Strategy):
+class LayerWeighted(LayerWeightedSettings, Strategy):
     """Per-layer width targets from layer importance, then width pruning inside each layer by group scores.
 
     With layer importance ``s_l`` (``layer_importance`` criterion, clipped at 0 and divided by its mean) and
@@ -94,9 +90,6 @@ class LayerWeighted(Strategy):
     """
 
     layer_importance: Any = "layer"  # the pruning/layer_importance group: a built method (or its name)
-    strength: float = 1.0
-    eps: float = 0.05
-    max_layer_fraction: float = 0.8
     name: str = "layer_weighted"
     needs_layers = True
 
@@ -145,7 +138,7 @@ class LayerWeighted(Strategy):
 
 
 @dataclass
-class Hybrid(Depth):
+class Hybrid(HybridSettings, Depth):
     """Depth first, then width, to one overall target.
 
     Whole layers (``unit=layer``) or blocks (``unit=block``) are removed by ``layer_importance`` scores until
@@ -154,16 +147,12 @@ class Hybrid(Depth):
     """
 
     layer_importance: Any = "layer"  # the pruning/layer_importance group: a built method (or its name)
-    depth_share: float = 0.5
-    normalize: str = "none"
     name: str = "hybrid"
     needs_groups = True
     needs_layers = True
 
     def check(self, shape: ModelShape) -> None:
         Strategy.check(self, shape)
-        if not 0 <= self.depth_share <= 1:
-            raise PruningError(f"pruning.depth_share={self.depth_share} must lie in [0, 1]")
 
     def plan(self, scores: GroupScores, shape: ModelShape, layer_scores: dict | None = None) -> PruningPlan:
         self._require_groups(scores)

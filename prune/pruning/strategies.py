@@ -27,9 +27,9 @@ import torch
 
 from prune.errors import PruningError  # re-exported: defined with the other refusals
 from prune.pruning.plan import PruningPlan
+from prune.settings import NORMALIZATIONS, WidthSettings, validate  # noqa: F401  (NORMALIZATIONS: re-exported)
 from prune.structure import ATTENTION, MLP, GroupScores, ModelShape
 
-NORMALIZATIONS = ("none", "mean", "max", "zscore")
 BLOCKS = (ATTENTION, MLP)
 
 
@@ -76,30 +76,22 @@ def normalize_per_layer(scores: GroupScores, how: str) -> GroupScores:
 
 
 @dataclass
-class Strategy:
-    """Fields and checks shared by every strategy."""
+class Strategy(WidthSettings):
+    """What every strategy shares: the width settings (``prune.settings.WidthSettings``) and their checks."""
 
-    ratio: float = 0.3
-    keep_first: int = 0
-    keep_last: int = 0
-    max_layer_fraction: float = 1.0
-    min_attention_groups: int = 1
-    min_mlp_channels: int = 1
-    width_multiple: int = 1
     name: str = ""
     needs_groups = True
     needs_layers = False
+
+    def __post_init__(self):
+        validate(self, "pruning")  # the settings declared in prune.settings: their words and ranges
 
     # -- protections
     def protected(self, n_layers: int) -> set[int]:
         return set(range(min(self.keep_first, n_layers))) | set(range(max(n_layers - self.keep_last, 0), n_layers))
 
     def check(self, shape: ModelShape) -> None:
-        """Refuse impossible settings before any model work (one line each)."""
-        if not 0 < self.ratio < 1:
-            raise PruningError(f"pruning.ratio={self.ratio} must lie strictly between 0 and 1")
-        if not 0 < self.max_layer_fraction <= 1:
-            raise PruningError(f"pruning.max_layer_fraction={self.max_layer_fraction} must lie in (0, 1]")
+        """Refuse a target the protections make unreachable on this model (the ranges: ``__post_init__``)."""
         reachable = self.max_removable(shape)
         if reachable < self.ratio * shape.prunable_params:
             raise PruningError(

@@ -8,19 +8,18 @@ import torch
 from prune.errors import PruningError
 from prune.pruning.plan import PruningPlan
 from prune.pruning.strategies import Strategy, normalize_per_layer
+from prune.settings import GlobalSettings
 from prune.structure import ATTENTION, MLP, GroupScores, ModelShape
 
 
 @dataclass
-class Global(Strategy):
+class Global(GlobalSettings, Strategy):
     """Rank every group of every layer by importance / parameter cost; remove the lowest until the target.
 
     With ``uniform_widths`` the ranking only decides how many attention groups and MLP channels a layer keeps
     on average; every layer then keeps that many, its best-scored ones, so that all layers have one shape
     (a standard model of the source family, see ``prune.checkpoint``)."""
 
-    normalize: str = "none"
-    uniform_widths: bool = False
     name: str = "global"
 
     def check(self, shape: ModelShape) -> None:
@@ -66,8 +65,6 @@ class Uniform(Strategy):
     name: str = "uniform"
 
     def check(self, shape: ModelShape) -> None:
-        if not 0 < self.ratio < 1:
-            raise PruningError(f"pruning.ratio={self.ratio} must lie strictly between 0 and 1")
         if self.ratio > self.max_layer_fraction:
             raise PruningError(
                 f"pruning=uniform removes pruning.ratio={self.ratio} of every layer, above "

@@ -1,5 +1,6 @@
-"""The embedded testbed: a synthetic corpus with known long-range structure and a tiny LLaMA trained on it."""
-from prune.testbed.build import TestbedSpec, ensure_data, ensure_model
-from prune.testbed.corpus import CorpusSpec, dependency_distances
+"""The embedded testbed: a synthetic corpus with known long-range structure and a tiny LLaMA trained on it.
 
-__all__ = ["CorpusSpec", "TestbedSpec", "dependency_distances", "ensure_data", "ensure_model"]
+Import from the modules (``prune.testbed.spec`` for the settings, ``build`` to build and cache it): the
+package itself imports nothing, so composing a config (whose testbed schema comes from ``spec``) does not
+load torch.
+"""

@@ -39,15 +39,15 @@ class CorpusSpec:
     """Everything that determines the generated corpus (its hash keys the cache)."""
 
     vocab_size: int = 512
-    num_attributes: int = 32
-    values_per_attribute: int = 8
-    min_gap: int = 150
+    num_attributes: int = 32  # facts per document
+    values_per_attribute: int = 8  # chance accuracy on a long-range target = 1/8
+    min_gap: int = 150  # no long-range dependency is shorter than this
     max_gap: int = 1500
     sentence_end_prob: float = 0.05
-    local_order: int = 1
+    local_order: int = 1  # 1: words follow from the current word alone; 2: also from the word before
     doc_tokens: int = 2048
-    train_docs: int = 300
-    test_docs: int = 32
+    train_docs: int = 300  # 614k calibration tokens
+    test_docs: int = 32  # 65k evaluation tokens
     grammar_seed: int = 1234
     seed: int = 0
 
