@@ -36,6 +36,7 @@ def test_the_launched_grid_is_every_combination_in_hydras_spelling(tmp_path):
     assert expand_sweep(["seed=0,1", "eval.lengths=[128,512]", "+x=a", "seq_len=range(64,193,128)"]) == [
         ["seed=0", "eval.lengths=[128,512]", "+x=a", "seq_len=64"], ["seed=0", "eval.lengths=[128,512]", "+x=a", "seq_len=192"],
         ["seed=1", "eval.lengths=[128,512]", "+x=a", "seq_len=64"], ["seed=1", "eval.lengths=[128,512]", "+x=a", "seq_len=192"]]
+    assert expand_sweep(["seed=0,1,2", "seq_len=64,128", "seed=0"]) == [["seq_len=64", "seed=0"], ["seq_len=128", "seed=0"]]
     with pytest.raises(ValueError, match="lr"):
         expand_sweep(["lr=interval(0,1)"])
     sweep = _folder(tmp_path, {})

@@ -111,16 +111,17 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    axes = []
+    axes: dict[str, list[str]] = {}  # a key given twice (sweeper param, then command line): the later wins
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.get_key_element()
+        axes.pop(key, None)
         if not override.is_sweep_override():
-            axes.append([f"{key}={override.get_value_element_as_str()}"])
+            axes[key] = [f"{key}={override.get_value_element_as_str()}"]
         elif override.is_discrete_sweep():
-            axes.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+            axes[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
         else:
             raise ValueError(f"{key}: a {type(override.value()).__name__} is not a grid of values")
-    return [list(job) for job in itertools.product(*axes)]
+    return [list(job) for job in itertools.product(*axes.values())]
 
 
 def override_values(overrides: list[str]) -> dict:
