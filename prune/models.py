@@ -22,6 +22,25 @@ DTYPES = {
 }
 
 
+def is_checkpointing(model: torch.nn.Module) -> bool:
+    """Whether activation (a.k.a. gradient) checkpointing is on; transformers 5 renamed the API."""
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
+
+
+def set_checkpointing(model: torch.nn.Module, enable: bool) -> None:
+    """Turn activation checkpointing on (non-reentrant) or off, under either name of the API."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if enable:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif enable:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -18,7 +18,8 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from prune.errors import ConfigError, first_line, instantiate_checked
-from prune.schema import CHECKS, OBJECTIVES, Config
+from prune.metrics import OBJECTIVES
+from prune.schema import CHECKS, Config
 
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
 # the nodes chosen as group=option: their type comes from the option, so the top-level schema says Any

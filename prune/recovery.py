@@ -22,6 +22,7 @@ from torch import nn
 
 from prune.errors import RecoveryError  # noqa: F401  (re-exported: defined with the other refusals)
 from prune.eval.losses import next_token_nll
+from prune.metrics import RECOVERY_SUMMARY, flat
 from prune.recovery_data import RecoveryPlan, recovery_seed
 
 log = logging.getLogger(__name__)
@@ -252,32 +253,25 @@ def recovery_phase(cfg, model, plan: RecoveryPlan, evaluate, downstream, recorde
         recovered = evaluate("recovered")
     metrics["ppl_recovered"] = {str(k): v["ppl"] for k, v in recovered.items()}
     metrics["nll_recovered"] = {str(k): v["nll"] for k, v in recovered.items()}
-    flat = {f"ppl_recovered/{k}": v for k, v in metrics["ppl_recovered"].items()}
     if control is not None:
-        flat.update(record_gap(metrics, control))
+        record_gap(metrics, control)
     if downstream is not None:
         with recorder.phase("tasks_recovered"):
             res = downstream("recovered")
         metrics.setdefault("downstream", {})["recovered"] = res
         metrics["acc_recovered"] = {**{name: r["value"] for name, r in res["tasks"].items()}, "mean": res["mean"]}
-        flat.update({f"acc_recovered/{k}": v for k, v in metrics["acc_recovered"].items()})
     info["plot"] = plot_loss(info["loss_curve"], out / "recovery_loss.png", f"recovery ({info['method']}) - {out.name}")
     metrics["recovery"] = info
-    flat.update({"recovery/loss_first": info["loss_first"], "recovery/loss_last": info["loss_last"],
-                 "recovery/trainable_params": info["trainable_params"]})
-    tracker.summary(flat)
+    tracker.summary(flat(metrics, RECOVERY_SUMMARY))
     tracker.log_images({"plots/recovery_loss": info["plot"]})
     log.info("recovery (%s, %d steps, %s tokens seen of %s): train loss %.4f -> %.4f; PPL %s", info["method"], info["steps"],
              f"{info['train_tokens']:,}", f"{plan.stream_tokens:,}", info["loss_first"], info["loss_last"], metrics["ppl_recovered"])
     return model
 
 
-def record_gap(metrics: dict, control: dict) -> dict:
-    """Put the control (``prune.recovery_control``: the dense model recovered the same way) and the gap into ``metrics``; returns the flat W&B summary entries."""
+def record_gap(metrics: dict, control: dict) -> None:
+    """Put the control (``prune.recovery_control``: the dense model recovered the same way) and the gap into ``metrics``."""
     dense = control["ppl"]
     metrics["ppl_dense_recovered"] = dict(dense)
     metrics["recovery_gap"] = {L: metrics["ppl_recovered"][L] / dense[L] - 1 for L in metrics["ppl_recovered"] if L in dense}
     metrics["recovery_control"] = {k: v for k, v in control.items() if k not in ("ppl", "nll")}
-    flat = {f"ppl_dense_recovered/{L}": v for L, v in dense.items()}
-    flat.update({f"recovery_gap/{L}": v for L, v in metrics["recovery_gap"].items()})
-    return flat

@@ -32,10 +32,6 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"  # package data: installed w
 
 ProbeFormat = choice("ProbeFormat", ("auto", "passkey", "testbed"))
 
-# objective: the metrics.json keys a sweep can minimise or maximise, and what names their entries
-OBJECTIVES = {"ppl_after": "lengths", "ppl_before": "lengths", "ppl_recovered": "lengths", "acc_after": "tasks",
-              "acc_before": "tasks", "acc_recovered": "tasks", "prunable_ratio_removed": None,
-              "total_ratio_removed": None, "params_after": None}
 
 
 # ------------------------------------------------------------------------------------ top level

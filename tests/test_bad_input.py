@@ -441,7 +441,7 @@ def test_an_achieved_ratio_beyond_one_group_of_the_target_is_said():
 def test_every_exception_the_package_defines_is_a_refusal():
     """A user error of a type outside ``PruneLabError`` is reported as a bug (exit 1, traceback): walk every
     module of the package and find each exception class it defines. An internal (non-user) exception would
-    have to be named in ``INTERNAL`` with its reason; there is none today."""
+    have to be named in ``INTERNAL`` with its reason."""
     import importlib
     import inspect
     import pkgutil
@@ -449,7 +449,10 @@ def test_every_exception_the_package_defines_is_a_refusal():
     import prune
     from prune.errors import PruneLabError
 
-    INTERNAL: dict[str, str] = {}
+    INTERNAL: dict[str, str] = {
+        "prune.metrics.MetricsError": "a writer's record that does not match its declaration is a bug; the reader turns a "
+                                      "mismatching file into a failed job record, so no user setting ever raises it",
+    }
     found, skipped = {}, []
     for info in pkgutil.walk_packages(prune.__path__, "prune."):
         if info.name.endswith("__main__"):

@@ -19,6 +19,7 @@ def finite(value) -> bool:
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
+    """The whole quick benchmark (every section, timed with repeats: about 20 s); its users are slow tests."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     assert bench.main(["--quick", "--out", str(out)]) == 0
     return json.loads(out.read_text())
@@ -43,6 +44,7 @@ def test_quick_json_has_every_ratio_and_context(quick):
     assert ctx["models"]["bench"]["hidden"] == bench.QUICK_SHAPE.hidden
 
 
+@pytest.mark.slow
 def test_quick_sanity_relations(quick):
     taylor = quick["taylor"]["per_seq_len"][0]
     assert taylor["tokens"] == taylor["num_samples"] * taylor["seq_len"] == quick["context"]["taylor"]["tokens"]
@@ -72,6 +74,7 @@ def test_quick_sanity_relations(quick):
     assert removal["layer_max_abs_loss_diff"] < 1e-4 and removal["block_max_abs_loss_diff"] < 1e-4
 
 
+@pytest.mark.slow
 def test_quick_static_decode_and_mean_grad_sections(quick):
     speed = quick["speed"]
     assert speed["decode"]["compiled"] is False and "skipped on CPU" in speed["decode"]["compile_note"]

@@ -57,7 +57,7 @@ def test_dashboard_panels_read_only_logged_keys(sweep):
     for key in ("by_layer/grad_abs_mean", "by_layer/grad_abs_std", "layer", "by_layer/attention_kept_fraction",
                 "ppl_after/128", "ppl_recovered/128", "importance_accuracy/attention", "recovery/loss",
                 "acc_after/prune_passkey_L256_d50", "acc_recovered/prune_passkey_L256_d50", "summary",
-                "time/total", "peak_memory_mb/recovery", "report/probe", "report/ppl_after"):
+                "timings/total", "peak_memory_mb/recovery", "report/probe", "report/ppl_after"):
         assert key in panel_keys, key
     assert data["facts"]["groupby"][0] == "seq_len" and data["facts"]["group"] == "study"
     for key in data["facts"]["groupby"]:  # runs are grouped by config keys the jobs logged
@@ -73,7 +73,7 @@ def test_the_report_puts_one_shot_and_recovered_side_by_side_and_plots_the_probe
     assert "PPL after recovery, eval window 128" in report and "(probe.png)" in report
     assert (sweep / "probe.png").stat().st_size > 5000
     rows = [r for r in json.loads((sweep / "summary.json").read_text())]
-    assert all(r["ppl_recovered_128"] > 0 and "acc_recovered_prune_passkey_L256_d50" in r for r in rows)
+    assert all(r["ppl_recovered/128"] > 0 and "acc_recovered/prune_passkey_L256_d50" in r for r in rows)
 
 
 def test_console_script_is_registered():

@@ -222,7 +222,7 @@ def test_only_prunable_weights_get_gradients_and_flags_are_restored():
 def test_gradient_checkpointing_gives_the_same_scores_and_is_left_as_found(already_on):
     model, x = tiny_model(), windows()
     plain = run("taylor_2nd", model, x).scores
-    from prune.importance.gradients import is_checkpointing, set_checkpointing
+    from prune.models import is_checkpointing, set_checkpointing
 
     if already_on:
         set_checkpointing(model, True)

@@ -7,6 +7,7 @@ import pytest
 from conftest import compose_config
 from prune.data import DataError
 from prune.job import run_job
+from prune.metrics import checked
 
 FAST = ["testbed=tiny", "seq_len=64", "num_samples=8", "batch_size=2", "eval.lengths=[64,256]", "progress=false"]
 
@@ -22,6 +23,7 @@ def test_metrics_json_has_every_documented_key(finished):
     out, metrics = finished
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["status"] == "ok"
+    assert checked(saved) is saved  # the record matches its declaration (prune.metrics.JobMetrics)
     for key in ("ppl_before", "ppl_after", "params_before", "params_after", "prunable_ratio_removed", "grad_stats",
                 "kept", "timings", "peak_memory_mb", "pruned_model_dir", "total_ratio_removed"):
         assert key in saved, key

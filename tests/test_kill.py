@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 SWEEP = ["-m", "testbed=tiny", "seq_len=32,64", "num_samples=4", "batch_size=2", "eval.lengths=[64]",
          "eval.max_tokens=1024", "importance=taylor_1st", "logger=wandb", "progress=false", "threads=1"]
 KILLS = 20
-VOLATILE = ("time_", "peak_", "flops_per_s")  # measured, not computed: differ between any two runs
+VOLATILE = ("timings/", "peak_memory_mb/", "flops_per_s")  # measured, not computed: differ between any two runs
 
 
 def launch(sweep_dir: Path, point: str = "none", kill_after: float | None = None) -> int | None:

@@ -222,7 +222,7 @@ def test_depth_experiment_report_has_layer_curves_and_task_accuracy(tiny_testbed
     folder = tmp_path / "depth"
     rows = list(csv.DictReader(open(folder / "summary.csv")))
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
-    assert all(r["acc_after_testbed_longrange"] not in ("", None) for r in rows)
+    assert all(r["acc_after/testbed_longrange"] not in ("", None) for r in rows)
     for metrics in folder.glob("*/metrics.json"):
         m = json.loads(metrics.read_text())
         assert m["layer_scores"]["criterion"] == "layer" and m["layer_scores"]["length"] == m["run"]["lengths"]["layer"]

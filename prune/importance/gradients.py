@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from prune.eval.losses import sequence_nll
 from prune.importance.fisher import FISHER_MODES, sequence_fisher, token_fisher
 from prune.importance.fused import resolve_backend
 from prune.importance.grad_stats import LayerGradMoments, summarize_moments
 from prune.importance.mean_grad import MeanGradStore, make_store
-from prune.eval.losses import sequence_nll
 from prune.memory import release_freed_memory
+from prune.models import is_checkpointing, set_checkpointing
 from prune.structure import GroupScores, Projection, add_channel_values, model_shape, projections
 
 log = logging.getLogger(__name__)
@@ -162,25 +163,6 @@ class _Accumulator:
             "pass": summarize_moments(totals, n_layers),
             "batches": [summarize_moments(m, n_layers) for m in self.batch_moments],
         }
-
-
-def is_checkpointing(model: nn.Module) -> bool:
-    """Whether activation (a.k.a. gradient) checkpointing is on; transformers 5 renamed the API."""
-    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
-    return bool(getattr(model, name, False))
-
-
-def set_checkpointing(model: nn.Module, enable: bool) -> None:
-    """Turn activation checkpointing on (non-reentrant) or off, under either name of the API."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        if enable:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.activation_checkpointing_disable()
-    elif enable:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_disable()
 
 
 @contextlib.contextmanager

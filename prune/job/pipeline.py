@@ -25,7 +25,8 @@ from prune.importance import Calibration, ImportanceResult
 from prune.job.checks import check_compatibility, layer_method_for, validate
 from prune.job.inputs import EvalData, announce_memory, downstream_tasks, load_data
 from prune.job.naming import config_digest, result_settings, run_info, run_name, set_aside_finished
-from prune.job.record import calibration_flops, eval_flops, importance_accuracy, record, write_json
+from prune.job.record import calibration_flops, eval_flops, importance_accuracy, record, write_metrics
+from prune.metrics import flat
 from prune.models import max_positions, resolve_device
 from prune.preflight import build_parts, check_writable, preflight
 from prune.profiling import PhaseRecorder
@@ -47,7 +48,7 @@ def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> d
     metrics: dict = {"status": "running", "output_dir": str(out)}
     set_aside_finished(out, cfg, log)  # a finished result is moved, never overwritten
     # Replace whatever an earlier run left here at once: a job killed from now on reads as unfinished.
-    write_json(out / "metrics.json", metrics)
+    write_metrics(out / "metrics.json", metrics)
     tracker, recorder, ok = None, None, False
     try:
         with contextlib.suppress(Exception):  # best effort: a refused job still says what it was in the report
@@ -78,15 +79,14 @@ def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> d
         try:
             if tracker is not None:
                 try:
-                    tracker.summary({"status": metrics["status"], **{f"time/{k}": v for k, v in metrics["timings"].items()},
-                                     **{f"peak_memory_mb/{k}": v for k, v in metrics["peak_memory_mb"].items()},
-                                     **{f"flops_per_s/{k}": v for k, v in metrics["flops_per_s"].items()},
+                    tracker.summary({"status": metrics["status"],
+                                     **flat(metrics, ("timings", "peak_memory_mb", "flops_per_s")),
                                      **_sweep_progress(out, group)})
                 finally:
                     tracker.finish(ok)
         finally:
             try:
-                write_json(out / "metrics.json", metrics)
+                write_metrics(out / "metrics.json", metrics)
             except DiskFullError as full:  # the job's own error (or this one) is what the user sees
                 log.error("%s: metrics.json still says status running, so a resume re-runs the job", first_line(full))
     return metrics

@@ -13,11 +13,24 @@ from prune.files import atomic_write, write_text
 from prune.job.inputs import ground_truth_lengths
 from prune.job.naming import run_name
 from prune.job.tracked import log_summary
+from prune.metrics import MetricsError, checked
 from prune.structure import ATTENTION, MLP, model_shape
 
 
 def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2, default=float))
+
+
+def write_metrics(path: Path, metrics: dict) -> None:
+    """``metrics.json``, checked against ``JobMetrics`` first. A record that does not match is a bug: it is
+    still written in full (nothing measured is lost), as ``failed`` with the mismatch, and then raised."""
+    try:
+        checked(metrics)
+    except MetricsError as exc:
+        metrics.update(status="failed", error="; ".join(filter(None, (metrics.get("error"), str(exc)))))
+        write_json(path, metrics)
+        raise
+    write_json(path, metrics)
 
 
 def calibration_flops(method, shape, windows: dict[str, torch.Tensor]) -> float | None:

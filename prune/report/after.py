@@ -1,8 +1,7 @@
 """The sweep report's part on what comes after one-shot pruning: recovery and the long-context probe.
 
-Called by ``prune.report.build.Report.build``: extra summary columns (``ppl_recovered_<L>``,
-``acc_recovered_<task>``), verdicts for the one-shot and the recovered model side by side (the rules of
-``prune.report.verdicts``: paired or Welch test, 90 % CI and equivalence test), and ``probe.png``: exact-retrieval
+Called by ``prune.report.build.Report.build``: verdicts for the one-shot and the recovered model side by
+side (the rules of ``prune.report.verdicts``: paired or Welch test, 90 % CI and equivalence test), and ``probe.png``: exact-retrieval
 accuracy of the probe against context length and against depth, per calibration ``seq_len``, before
 pruning, after pruning and after recovery.
 """
@@ -17,20 +16,6 @@ from prune.report.jobs import setting
 
 AFTER_METRICS = ("ppl_recovered", "probe", "probe_items")  # the rows this section shows (the report's main list leaves them out)
 STAGES = (("acc_before", "before pruning"), ("acc_after", "after pruning"), ("acc_recovered", "after recovery"))
-
-
-def columns(metrics: dict) -> dict:
-    """Summary-table columns of one job (empty without recovery)."""
-    row = {f"ppl_recovered_{L}": v for L, v in (metrics.get("ppl_recovered") or {}).items()}
-    row.update({f"acc_recovered_{t}": v for t, v in (metrics.get("acc_recovered") or {}).items()})
-    row.update({f"ppl_dense_recovered_{L}": v for L, v in (metrics.get("ppl_dense_recovered") or {}).items()})
-    row.update({f"recovery_gap_{L}": v for L, v in (metrics.get("recovery_gap") or {}).items()})
-    rec = metrics.get("recovery") or {}
-    if rec:
-        row.update(recovery_loss_first=rec.get("loss_first"), recovery_loss_last=rec.get("loss_last"),
-                   recovery_tokens_seen=rec.get("train_tokens"), recovery_stream_tokens=rec.get("stream_tokens"),
-                   recovery_seed=rec.get("seed"))
-    return row
 
 
 def probe_accuracy(metrics: dict, stage: str) -> dict[tuple[int, float], float]:

@@ -111,7 +111,7 @@ def sections(f: dict) -> list[tuple[str, list[tuple[str, dict]]]]:
 
 def runs_table(f: dict) -> list[str]:
     """Pinned runs-table columns: swept settings, then time and peak memory per phase."""
-    return ([f"config:{k}" for k in f["groupby"]] + [f"summary:time/{p}" for p in f["phases"]]
+    return ([f"config:{k}" for k in f["groupby"]] + [f"summary:timings/{p}" for p in f["phases"]]
             + [f"summary:peak_memory_mb/{p}" for p in f["memory_phases"]])
 
 

@@ -6,6 +6,8 @@ import json
 import logging
 from pathlib import Path
 
+from prune.metrics import JobMetrics, MetricsError, validate
+
 log = logging.getLogger(__name__)
 
 
@@ -42,15 +44,20 @@ def metrics_files(sweep_dir: str | Path, nested: bool = False) -> list[Path]:
     return sorted(by_folder.values(), key=lambda p: _natural(str(p.parent.relative_to(sweep_dir))))
 
 
-def read_metrics(folder: str | Path) -> dict | None:
-    """One job folder's ``metrics.json``: None where there is none, a failed record where it is unreadable."""
+def read_metrics(folder: str | Path) -> JobMetrics | None:
+    """One job folder's ``metrics.json``, checked against ``JobMetrics``: None where there is none, a failed
+    record where it is unreadable or does not match (saying which key)."""
     path = job_file(folder, "metrics.json")
     if path is None:
         return None
     try:
-        return read_json(path)
+        data = read_json(path)
     except (ValueError, EOFError, OSError):
         return {"status": "failed", "error": f"{path.name} is unreadable (job killed while writing?)"}
+    try:
+        return validate(data, str(path))
+    except MetricsError as exc:
+        return {"status": "failed", "error": str(exc), "output_dir": str(path.parent)}
 
 
 def has_jobs(sweep_dir: str | Path) -> bool:

@@ -5,39 +5,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prune.report import after
+from prune.metrics import flat
 from prune.report.conditions import KEYS
 from prune.report.jobs import job_file, load_jobs, setting
 
 
 def summary_rows(jobs: list[dict]) -> list[dict]:
-    """One row per job, columns in order of first appearance."""
+    """One row per job: what it was (settings, overrides), then its outcomes, sizes and cost flattened by
+    ``metrics.flat`` (``ppl_after/512``, ``acc_after/<task>``, ``importance_accuracy/by_truth/512/mlp``,
+    ``timings/total``, ...: the same names as the job's W&B summary). Columns in order of first appearance."""
     rows = []
     for job in jobs:
         m = job["metrics"]
         row = {"job": job["folder"], "name": m.get("run", {}).get("name"), "status": m.get("status"),
                "error": m.get("error", ""), "overrides": " ".join(job["overrides"])}
-        for key in KEYS + ("seed",):
-            row[key] = setting(job, key)
-        for length, value in m.get("ppl_before", {}).items():
-            row[f"ppl_before_{length}"] = value
-        for length, value in m.get("ppl_after", {}).items():
-            row[f"ppl_after_{length}"] = value
-        for key in ("params_before", "params_after", "prunable_ratio_removed", "total_ratio_removed"):
-            row[key] = m.get(key)
-        accuracy = m.get("importance_accuracy") or {}
-        for truth, values in (accuracy.get("by_truth") or {"": accuracy}).items():
-            for block, value in values.items():
-                if isinstance(value, (int, float)) and block not in ("length", "tokens"):
-                    row[f"spearman_{block}" + (f"@{truth}" if truth else "")] = value
-        for tag in ("acc_before", "acc_after"):
-            for task, value in (m.get(tag) or {}).items():
-                row[f"{tag}_{task}"] = value
-        row.update(after.columns(m))  # recovery
-        for phase, seconds in (m.get("timings") or {}).items():
-            row[f"time_{phase}_s"] = seconds
-        for phase, mb in (m.get("peak_memory_mb") or {}).items():
-            row[f"peak_{phase}_mb"] = mb
+        row.update({key: setting(job, key) for key in KEYS + ("seed",)})
+        row.update(flat(m))
         rows.append(row)
     return rows
 
@@ -74,8 +57,8 @@ def time_spent(folder: str | Path) -> dict:
     if not jobs:
         raise FileNotFoundError(f"no */metrics.json under {folder}")
     frame = summary_frame(jobs)
-    columns = [c for c in frame if c.startswith("time_") and c.endswith("_s")]
-    seconds = frame[columns].apply(pd.to_numeric, errors="coerce").rename(columns=lambda c: c[len("time_"):-len("_s")])
+    columns = [c for c in frame if c.startswith("timings/")]
+    seconds = frame[columns].apply(pd.to_numeric, errors="coerce").rename(columns=lambda c: c[len("timings/"):])
     phases = seconds.drop(columns="total", errors="ignore")
     total = seconds["total"] if "total" in seconds else pd.Series(float("nan"), index=frame.index)
     total = total.fillna(phases.sum(axis=1))
