@@ -127,6 +127,7 @@ OBJECTIVES = {k: "lengths" if k in PER_LENGTH else "tasks" if k in PER_TASK else
 
 # What a summary row and a W&B run summary hold, flattened (``flat``): the outcomes, sizes and cost.
 RECOVERY_SUMMARY = ("ppl_recovered", "ppl_dense_recovered", "recovery_gap", "acc_recovered", "recovery")
+RECOVERY_FIELDS = ("method", "steps", "seed", "trainable_params", "train_tokens", "stream_tokens", "loss_first", "loss_last")
 SUMMARY = ("ppl_before", "ppl_after", "acc_before", "acc_after", "params_before", "params_after",
            "prunable_ratio_removed", "total_ratio_removed", "importance_accuracy", *RECOVERY_SUMMARY,
            "timings", "peak_memory_mb")
@@ -152,15 +153,18 @@ def checked(metrics: dict) -> dict:
 
 
 def validate(metrics: dict, source: str = "metrics.json") -> dict:
-    """A record read from disk: keys this version does not declare are kept (with a warning, once per file);
-    a declared key of the wrong type raises MetricsError."""
+    """A record read from disk: keys this version does not declare, at any depth, are kept (with a warning,
+    once per file); a declared key of the wrong type raises MetricsError."""
     extra = [k for k in metrics if k not in KEYS]
     if extra:
         log.warning("%s: keys this version does not know (kept as they are): %s", source, ", ".join(extra))
     try:
         _ADAPTER.validate_python({k: v for k, v in metrics.items() if k in KEYS})
     except ValidationError as exc:
-        raise MetricsError(f"{source}: {_problems(exc)}") from None
+        nested_extra = all(e["type"] == "extra_forbidden" for e in exc.errors())
+        if not nested_extra:
+            raise MetricsError(f"{source}: {_problems(exc)}") from None
+        log.warning("%s: fields this version does not know (kept as they are): %s", source, _problems(exc))
     return metrics
 
 
@@ -170,6 +174,8 @@ def flat(metrics: dict, keys: tuple[str, ...] = SUMMARY, sep: str = "/") -> dict
     import pandas as pd
 
     picked = {k: metrics[k] for k in keys if metrics.get(k) not in (None, {}, [])}
+    if isinstance(picked.get("recovery"), dict):  # how it ran, not where its files went or how long it took
+        picked["recovery"] = {k: v for k, v in picked["recovery"].items() if k in RECOVERY_FIELDS}
     if not picked:
         return {}
     row = pd.json_normalize(picked, sep=sep).to_dict("records")[0]

@@ -122,3 +122,29 @@ def test_every_key_the_code_reads_from_a_record_is_declared():
     assert [r for r in reads if r[2] not in KEYS] == []
     # and would see a misspelling
     assert list(_metric_keys_read(ast.parse('job["metrics"].get("ppl_afer")'))) == [("ppl_afer", 1)]
+
+
+def test_a_mismatch_never_masks_the_jobs_own_error(tmp_path):
+    from prune.job.record import write_metrics
+
+    refused = {**RECORD, "status": "refused", "error": "ConfigError: seq_len", "ppl_afer": {"128": 1.0}}
+    write_metrics(tmp_path / "metrics.json", refused, raise_mismatch=False)  # the refusal is what propagates
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["status"] == "refused" and saved["error"].startswith("ConfigError: seq_len; ") and "ppl_afer" in saved["error"]
+
+
+def test_the_reader_keeps_a_newer_nested_field_and_everything_of_a_mismatch(tmp_path):
+    from prune.report.jobs import read_metrics
+
+    newer = {**RECORD, "config_digest": "abc", "run": {"seq_len": 128, "eval_max_tokens": 4096}}
+    (tmp_path / "metrics.json").write_text(json.dumps(newer))
+    assert read_metrics(tmp_path) == newer  # a resume still sees its digest: not re-run
+    (tmp_path / "metrics.json").write_text(json.dumps({**newer, "params_after": [90]}))
+    record = read_metrics(tmp_path)
+    assert record["status"] == "failed" and record["config_digest"] == "abc" and "params_after" in record["error"]
+
+
+def test_recovery_is_flattened_to_how_it_ran_not_where_its_files_went():
+    row = flat({"recovery": {"method": "lora", "loss_last": 2.5, "plot": "/abs/recovery_loss.png", "adapter_dir": "/abs/a",
+                             "train_seconds": 12.0, "lr": 1e-4, "loss_curve": [3.0, 2.5]}})
+    assert row == {"recovery/method": "lora", "recovery/loss_last": 2.5}

@@ -86,7 +86,7 @@ def run_job(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> d
                     tracker.finish(ok)
         finally:
             try:
-                write_metrics(out / "metrics.json", metrics)
+                write_metrics(out / "metrics.json", metrics, raise_mismatch=ok)  # never masks the job's own error
             except DiskFullError as full:  # the job's own error (or this one) is what the user sees
                 log.error("%s: metrics.json still says status running, so a resume re-runs the job", first_line(full))
     return metrics

@@ -3,6 +3,7 @@ scores on disk, the plots, and the job's W&B summary (flat keys)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -16,20 +17,29 @@ from prune.job.tracked import log_summary
 from prune.metrics import MetricsError, checked
 from prune.structure import ATTENTION, MLP, model_shape
 
+log = logging.getLogger(__name__)
+
 
 def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2, default=float))
 
 
-def write_metrics(path: Path, metrics: dict) -> None:
+def write_metrics(path: Path, metrics: dict, raise_mismatch: bool = True) -> None:
     """``metrics.json``, checked against ``JobMetrics`` first. A record that does not match is a bug: it is
-    still written in full (nothing measured is lost), as ``failed`` with the mismatch, and then raised."""
+    still written in full (nothing measured is lost), the mismatch added to ``error``; with ``raise_mismatch``
+    (no other error on its way out) it is also marked ``failed`` and raised, else the job's own status and
+    exception stand."""
     try:
         checked(metrics)
     except MetricsError as exc:
-        metrics.update(status="failed", error="; ".join(filter(None, (metrics.get("error"), str(exc)))))
+        metrics["error"] = "; ".join(filter(None, (metrics.get("error"), str(exc))))
+        if raise_mismatch:
+            metrics["status"] = "failed"
         write_json(path, metrics)
-        raise
+        if raise_mismatch:
+            raise
+        log.error("%s", exc)
+        return
     write_json(path, metrics)
 
 

@@ -57,7 +57,7 @@ def read_metrics(folder: str | Path) -> JobMetrics | None:
     try:
         return validate(data, str(path))
     except MetricsError as exc:
-        return {"status": "failed", "error": str(exc), "output_dir": str(path.parent)}
+        return {**data, "status": "failed", "error": str(exc)}  # nothing dropped; a resume re-runs it
 
 
 def has_jobs(sweep_dir: str | Path) -> bool:
