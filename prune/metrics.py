@@ -13,9 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal, Optional
 
-from typing_extensions import TypedDict  # pydantic validates typing_extensions TypedDicts on Python < 3.12
-
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic validates typing_extensions TypedDicts on Python < 3.12
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +124,8 @@ OBJECTIVES = {k: "lengths" if k in PER_LENGTH else "tasks" if k in PER_TASK else
               for k in ("ppl_after", "ppl_before", "ppl_recovered", "acc_after", "acc_before", "acc_recovered",
                         "prunable_ratio_removed", "total_ratio_removed", "params_after")}
 
-# What a summary row and a W&B run summary hold, flattened (``flat``): the outcomes, sizes and cost.
+# What a summary row and a W&B run summary hold, flattened (``flat``): the outcomes, sizes and cost; of
+# ``recovery`` only how it ran (RECOVERY_FIELDS), not where its files went or how long it took.
 RECOVERY_SUMMARY = ("ppl_recovered", "ppl_dense_recovered", "recovery_gap", "acc_recovered", "recovery")
 RECOVERY_FIELDS = ("method", "steps", "seed", "trainable_params", "train_tokens", "stream_tokens", "loss_first", "loss_last")
 SUMMARY = ("ppl_before", "ppl_after", "acc_before", "acc_after", "params_before", "params_after",
@@ -174,7 +174,7 @@ def flat(metrics: dict, keys: tuple[str, ...] = SUMMARY, sep: str = "/") -> dict
     import pandas as pd
 
     picked = {k: metrics[k] for k in keys if metrics.get(k) not in (None, {}, [])}
-    if isinstance(picked.get("recovery"), dict):  # how it ran, not where its files went or how long it took
+    if isinstance(picked.get("recovery"), dict):
         picked["recovery"] = {k: v for k, v in picked["recovery"].items() if k in RECOVERY_FIELDS}
     if not picked:
         return {}
